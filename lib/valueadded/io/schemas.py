@@ -1,0 +1,298 @@
+"""Input and output table definitions: one source for code, validation and docs.
+
+Every table the engine reads or writes is declared here once, as a `TableSchema` of
+`Column`s. The same declaration gives the Spark schema (for reading and for the
+pre-write check), the Arrow schema (for the Delta writer), the structural validation
+of inputs and the generated table documentation.
+
+Types are the small vocabulary below; each maps to one Spark and one Arrow type, so
+nothing is ever widened or narrowed silently on the way to Delta.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from pyspark.sql import types as T
+
+SPARK_TYPES = {
+    "string": T.StringType(),
+    "int": T.IntegerType(),
+    "long": T.LongType(),
+    "double": T.DoubleType(),
+    "boolean": T.BooleanType(),
+    "date": T.DateType(),
+    "timestamp": T.TimestampType(),
+}
+
+ARROW_TYPES = {
+    "string": pa.string(),
+    "int": pa.int32(),
+    "long": pa.int64(),
+    "double": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its name, type, whether it may be null, and what it means."""
+
+    name: str
+    type: str
+    nullable: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in SPARK_TYPES:
+            raise ValueError(f"column {self.name}: unknown type {self.type!r}")
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """A table: name, grain, columns, and (for outputs) partitioning and audience."""
+
+    name: str
+    grain: str
+    columns: tuple[Column, ...]
+    version: int = 1
+    description: str = ""
+    partition_by: tuple[str, ...] = ()
+    audience: str = "restricted"  # "published" tables are what dashboards read
+    key: tuple[str, ...] = field(default=())
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+    def spark_schema(self) -> T.StructType:
+        return T.StructType(
+            [T.StructField(c.name, SPARK_TYPES[c.type], c.nullable) for c in self.columns]
+        )
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema(
+            [pa.field(c.name, ARROW_TYPES[c.type], c.nullable) for c in self.columns]
+        )
+
+
+PARTITION_COLUMNS = (
+    Column("academic_year", "int", False, "Academic year of the results, e.g. 2024 for 2023/24."),
+    Column("key_stage", "string", False, "Key stage of the outcome: ks2 or ks4."),
+    Column("data_stage", "string", False, "unvalidated (before the checking exercise) or validated."),
+)
+PARTITION_NAMES = tuple(c.name for c in PARTITION_COLUMNS)
+
+# ----------------------------------------------------------------------------- inputs
+
+SCHOOLS = TableSchema(
+    name="schools",
+    grain="one row per school",
+    key=("school_id",),
+    columns=(
+        Column("school_id", "string", False, "Unique reference number of the school (URN)."),
+        Column("school_name", "string", False, "School name."),
+        Column("phase", "string", False, "primary or secondary."),
+        Column("provision", "string", False, "mainstream or special."),
+        Column("sector", "string", False, "state_funded or independent (independent schools are outside the measures)."),
+        Column("la_code", "string", False, "Three-digit local authority code."),
+        Column("la_name", "string", False, "Local authority name."),
+        Column("region_code", "string", False, "Region code (E12000001-E12000009)."),
+        Column("region_name", "string", False, "Region name."),
+    ),
+)
+
+TRUST_MEMBERSHIP = TableSchema(
+    name="trust_membership",
+    grain="one row per school per spell in a multi-academy trust",
+    key=("school_id", "join_date"),
+    columns=(
+        Column("school_id", "string", False, "School URN."),
+        Column("trust_id", "string", False, "Trust (MAT) identifier."),
+        Column("trust_name", "string", False, "Trust name."),
+        Column("join_date", "date", False, "Date the school joined the trust."),
+        Column("leave_date", "date", True, "Date the school left the trust; null while still a member."),
+    ),
+)
+
+PUPILS = TableSchema(
+    name="pupils",
+    grain="one row per pupil per key stage cohort (the school census characteristics)",
+    key=("pupil_id", "key_stage"),
+    columns=(
+        Column("pupil_id", "string", False, "Pupil identifier (pseudonymised in outputs)."),
+        Column("key_stage", "string", False, "Cohort: ks2 or ks4."),
+        Column("school_id", "string", False, "School URN at the time of the key stage assessment."),
+        Column("gender", "string", False, "F or M."),
+        Column("date_of_birth", "date", False, "Date of birth."),
+        Column("sen", "string", False, "Special educational needs: N none, K SEN support, E EHC plan/statement."),
+        Column("ethnicity", "string", False, "Ethnic group code, one of the 19 census groups (see conf reference)."),
+        Column("fsm", "boolean", False, "Eligible for free school meals."),
+        Column("disadvantaged", "boolean", False, "FSM in the last six years or looked after (pupil premium)."),
+        Column("eal", "boolean", False, "First language other than English."),
+        Column("mobile", "boolean", False, "Joined the school at a non-standard time in the last two years."),
+        Column("ever_in_care", "boolean", False, "Ever looked after while at this school."),
+        Column("idaci", "double", False, "IDACI deprivation score of the home postcode, 0 to 1."),
+        Column("arrived_from_overseas", "boolean", False, "Arrived in England from overseas."),
+        Column("country_english_official", "boolean", True, "Country of arrival has English as an official language (null if not from overseas)."),
+        Column("first_admission_date", "date", False, "Date first admitted to an English school."),
+    ),
+)
+
+_KS2_SUBJECT_TEST_COLUMNS = tuple(
+    col
+    for subject in ("reading", "maths")
+    for col in (
+        Column(f"{subject}_scaled_score", "int", True, f"KS2 {subject} test scaled score 80-120; null if not awarded."),
+        Column(f"{subject}_test_code", "string", False, f"KS2 {subject} test outcome: S scaled score, N sat but no scaled score, B below the standard of the test, A absent, D disapplied, M missing, U unable to access, Q maladministration."),
+        Column(f"{subject}_ta", "string", True, f"KS2 {subject} teacher assessment (EXS, HNM, PKG, PKE, PKF, BLW, A, D ...)."),
+        Column(f"{subject}_pscale", "string", True, f"P-scale or NOTSEN accompanying a BLW {subject} assessment."),
+    )
+)
+
+KS2_RESULTS = TableSchema(
+    name="ks2_results",
+    grain="one row per pupil in the KS2 cohort",
+    key=("pupil_id",),
+    columns=(
+        Column("pupil_id", "string", False, "Pupil identifier."),
+        Column("ks1_reading", "string", True, "KS1 reading teacher assessment (levels era W,1,2C,2B,2A,3,4+,P1-P8; framework era PKF,WTS,EXS,GDS); null if no KS1 result."),
+        Column("ks1_writing", "string", True, "KS1 writing teacher assessment; null if no KS1 result."),
+        Column("ks1_maths", "string", True, "KS1 maths teacher assessment; null if no KS1 result."),
+        *_KS2_SUBJECT_TEST_COLUMNS,
+        Column("writing_ta", "string", False, "KS2 writing teacher assessment: GDS, EXS, WTS, PKG, PKE, PKF, BLW, A, D, M, Q."),
+        Column("writing_pscale", "string", True, "P-scale or NOTSEN accompanying a BLW writing assessment."),
+    ),
+)
+
+_A8_SLOTS = ("english", "maths", "ebacc_1", "ebacc_2", "ebacc_3", "open_1", "open_2", "open_3")
+
+KS4_RESULTS = TableSchema(
+    name="ks4_results",
+    grain="one row per pupil in the KS4 cohort",
+    key=("pupil_id",),
+    columns=(
+        Column("pupil_id", "string", False, "Pupil identifier."),
+        *(
+            col
+            for subject in ("reading", "maths")
+            for col in (
+                Column(f"ks2_{subject}_scaled_score", "int", True, f"KS2 {subject} scaled score 80-120 (prior attainment); null if none."),
+                Column(f"ks2_{subject}_test_code", "string", True, f"KS2 {subject} test outcome code (as in ks2_results); null if no KS2 record."),
+                Column(f"ks2_{subject}_ta", "string", True, f"KS2 {subject} teacher assessment, for nominal values."),
+                Column(f"ks2_{subject}_pscale", "string", True, f"P-scale or NOTSEN accompanying BLW in {subject}."),
+            )
+        ),
+        *(
+            Column(f"{slot}_points", "double", False, f"Attainment 8 {slot.replace('_', ' ')} slot points, 0-9 (0 = slot not filled).")
+            for slot in _A8_SLOTS
+        ),
+        Column("science_points", "double", True, "Best EBacc science points (null if not entered), for subject value added."),
+        Column("humanities_points", "double", True, "Best EBacc humanities points (null if not entered)."),
+        Column("languages_points", "double", True, "Best EBacc languages points (null if not entered)."),
+    ),
+)
+A8_SLOT_COLUMNS = tuple(f"{slot}_points" for slot in _A8_SLOTS)
+
+AMENDMENTS = TableSchema(
+    name="amendments",
+    grain="one row per checking-exercise amendment",
+    key=("pupil_id", "key_stage", "action", "field"),
+    columns=(
+        Column("pupil_id", "string", False, "Pupil the amendment applies to."),
+        Column("key_stage", "string", False, "ks2 or ks4."),
+        Column("action", "string", False, "remove (pupil taken off roll), add (pupil added at checking; present in the input files but only counted in the validated stage) or correct (a result corrected)."),
+        Column("field", "string", True, "For correct: the results column corrected."),
+        Column("new_value", "string", True, "For correct: the corrected value, as text."),
+        Column("reason", "string", False, "Why the amendment was made."),
+    ),
+)
+
+INPUT_TABLES = {t.name: t for t in (SCHOOLS, TRUST_MEMBERSHIP, PUPILS, KS2_RESULTS, KS4_RESULTS, AMENDMENTS)}
+RESULTS_TABLE = {"ks2": KS2_RESULTS, "ks4": KS4_RESULTS}
+
+# ----------------------------------------------------------------------------- outputs
+
+PUPIL_RESULTS = TableSchema(
+    name="pupil_results",
+    grain="one row per pupil in the key stage cohort who passed row validation",
+    description="Restricted pupil-level table: every accepted pupil with inclusion flag and reason.",
+    partition_by=PARTITION_NAMES,
+    audience="restricted",
+    key=("academic_year", "key_stage", "data_stage", "pupil_id"),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("pupil_id", "string", False, "Pupil identifier."),
+        Column("school_id", "string", False, "School URN."),
+        Column("trust_id", "string", True, "Trust the school belongs to at the end of the academic year, if any."),
+        Column("la_code", "string", False, "Local authority code of the school."),
+        Column("region_code", "string", False, "Region code of the school."),
+        Column("school_provision", "string", False, "mainstream or special."),
+        Column("school_sector", "string", False, "state_funded or independent."),
+        Column("gender", "string", False, "F or M."),
+        Column("sen", "string", False, "N, K or E."),
+        Column("ethnicity", "string", False, "Ethnic group code."),
+        Column("fsm", "boolean", False, "Free school meals."),
+        Column("disadvantaged", "boolean", False, "Disadvantaged (pupil premium)."),
+        Column("eal", "boolean", False, "English as an additional language."),
+        Column("mobile", "boolean", False, "Joined at a non-standard time."),
+        Column("ever_in_care", "boolean", False, "Ever looked after at this school."),
+        Column("idaci", "double", False, "IDACI score."),
+        Column("age_in_months", "int", False, "Age within the year group in months: 11 for a September birthday (oldest) down to 0 for August (youngest)."),
+        Column("discountable", "boolean", False, "Recent arrival from overseas with EAL from a non-English-speaking country, first admitted on or after the start of the first year of the key stage's last two years."),
+        Column("amended", "boolean", False, "A checking-exercise correction was applied to this pupil's results (validated stage only)."),
+        Column("included", "boolean", False, "Counted in the school's measures for this data stage."),
+        Column("exclusion_reason", "string", True, "Why not included (null when included)."),
+    ),
+)
+
+REJECTED_ROWS = TableSchema(
+    name="rejected_rows",
+    grain="one row per input row set aside by validation",
+    description="Input rows that broke a row rule, with the first rule broken and all rules broken.",
+    partition_by=PARTITION_NAMES,
+    audience="restricted",
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("source_table", "string", False, "Input table the row came from."),
+        Column("pupil_id", "string", True, "Pupil identifier, where the table has one."),
+        Column("school_id", "string", True, "School, where the table has one."),
+        Column("reason_code", "string", False, "First rule the row broke (see docs/validation.md)."),
+        Column("all_reasons", "string", False, "Every rule the row broke, comma-separated."),
+        Column("row_json", "string", False, "The row as it was read, as JSON."),
+    ),
+)
+
+RUNS = TableSchema(
+    name="runs",
+    grain="one row per release run (appended, never replaced)",
+    description="Run log: provenance, reconciliation and timings of every run, successful or not.",
+    partition_by=PARTITION_NAMES,
+    audience="restricted",
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("run_id", "string", False, "Unique run identifier."),
+        Column("command", "string", False, "The command line that started the run."),
+        Column("config_json", "string", False, "The resolved configuration, as JSON."),
+        Column("input_fingerprints_json", "string", False, "SHA-256 of every input file, as JSON."),
+        Column("code_version", "string", False, "Package version and git commit."),
+        Column("started_at", "timestamp", False, "Start time (UTC)."),
+        Column("finished_at", "timestamp", False, "End time (UTC)."),
+        Column("status", "string", False, "succeeded or failed."),
+        Column("error", "string", True, "Error message of a failed run."),
+        Column("row_counts_json", "string", False, "Rows in, rows out and reconciliation counts per table, as JSON."),
+        Column("stage_timings_json", "string", False, "Wall seconds per stage, as JSON."),
+        Column("table_versions_json", "string", False, "Delta version of every table this run wrote, as JSON."),
+    ),
+)
+
+OUTPUT_TABLES = {t.name: t for t in (PUPIL_RESULTS, REJECTED_ROWS, RUNS)}
