@@ -1,0 +1,141 @@
+"""The one command line: `valueadded generate | release | bench`.
+
+Exit codes: 0 success; 1 internal error (a defect: please report it); 2 bad input or
+configuration (a missing file or column, a wrong type, an unreadable CSV, a bad config
+key); 3 validation threshold exceeded (too many rejected rows; see `rejected_rows`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from valueadded.config import ConfigError, load_release_config
+from valueadded.io.inputs import StructuralInputError
+from valueadded.io.intake import ValidationThresholdError
+
+log = logging.getLogger("valueadded")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_THRESHOLD = 0, 1, 2, 3
+DEFAULT_YEAR = 2024
+DEFAULT_SEED = 20240
+DEFAULT_DATA_DIR = Path("data")
+DEFAULT_OUTPUT_DIR = Path("output")
+
+
+def _expand(value: str, choices: tuple[str, ...]) -> list[str]:
+    return list(choices) if value == "both" else [value]
+
+
+def generated_input_dir(year: int, seed: int, scale: float) -> Path:
+    return DEFAULT_DATA_DIR / f"generated-{year}-seed{seed}-scale{scale:g}"
+
+
+def ensure_generated(out_dir: Path, year: int, seed: int, scale: float) -> Path:
+    """Generate the national cohort into out_dir unless a matching one is already there."""
+    from valueadded.synth.cohort import generate_cohort
+
+    manifest = out_dir / "manifest.json"
+    if manifest.is_file():
+        content = json.loads(manifest.read_text())
+        if (content.get("year"), content.get("seed"), float(content.get("scale", -1))) == (year, seed, float(scale)):
+            log.info("using the generated cohort already in %s", out_dir)
+            return out_dir
+    started = time.perf_counter()
+    generate_cohort(out_dir, year=year, seed=seed, scale=scale)
+    log.info("generated the national cohort in %s (%.1f s)", out_dir, time.perf_counter() - started)
+    return out_dir
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from valueadded.synth.cohort import generate_cohort
+
+    started = time.perf_counter()
+    manifest = generate_cohort(Path(args.out), year=args.year, seed=args.seed, scale=args.scale, files=args.files)
+    print(json.dumps({"out": str(args.out), "seconds": round(time.perf_counter() - started, 1), **manifest}, indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from valueadded.pipeline import DATA_STAGES, KEY_STAGES, run_release
+    from valueadded.spark import get_spark
+
+    config = load_release_config(args.config)
+    input_dir = Path(args.input) if args.input else ensure_generated(generated_input_dir(args.year, DEFAULT_SEED, 1.0), args.year, DEFAULT_SEED, 1.0)
+    output_dir = Path(args.output)
+    spark = get_spark(shuffle_partitions=config.shuffle_partitions)
+    command = " ".join(shlex.quote(a) for a in sys.argv)
+    for key_stage in _expand(args.key_stage, KEY_STAGES):
+        for data_stage in _expand(args.stage, DATA_STAGES):
+            record = run_release(spark, config, input_dir, output_dir, args.year, key_stage, data_stage, command)
+            pupils = record.row_counts["pupil_results"]
+            print(
+                f"{args.year} {key_stage} {data_stage}: {pupils['included']} pupils included, {pupils['excluded']} excluded, "
+                f"{sum(c['rows_rejected'] for c in record.row_counts['inputs'].values())} input rows rejected "
+                f"(run {record.run_id}, {sum(record.stage_timings.values()):.1f} s)"
+            )
+    print(f"Results: Delta tables under {output_dir.resolve()} (published/ for dashboards, restricted/ for pupil-level and run log)")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from valueadded.bench import run_benchmark
+
+    run_benchmark(year=args.year, seed=args.seed, scale=args.scale, work_dir=Path(args.work_dir))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="valueadded", description="National school value-added release engine")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    generate = sub.add_parser("generate", help="write a generated England-shaped national cohort")
+    generate.add_argument("--out", required=True, help="folder to write the input tables into")
+    generate.add_argument("--year", type=int, default=DEFAULT_YEAR, help="academic year, e.g. 2024 for 2023/24")
+    generate.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    generate.add_argument("--scale", type=float, default=1.0, help="1 = national size (~650k KS2, ~600k KS4 pupils)")
+    generate.add_argument("--files", type=int, default=4, help="Parquet part files per pupil table (does not change the data)")
+    generate.set_defaults(handler=cmd_generate)
+
+    release = sub.add_parser("release", help="run a release and write its Delta tables")
+    release.add_argument("--input", help="input folder (docs/inputs.md); default: the generated national cohort")
+    release.add_argument("--output", default=str(DEFAULT_OUTPUT_DIR), help="output root for the Delta tables")
+    release.add_argument("--year", type=int, default=DEFAULT_YEAR)
+    release.add_argument("--key-stage", choices=("ks2", "ks4", "both"), default="both")
+    release.add_argument("--stage", choices=("unvalidated", "validated", "both"), default="unvalidated", help="data stage")
+    release.add_argument("--config", help="release configuration YAML (default conf/releases/default.yaml)")
+    release.set_defaults(handler=cmd_release)
+
+    bench = sub.add_parser("bench", help="benchmark generation and release on the national cohort (prints figures)")
+    bench.add_argument("--year", type=int, default=DEFAULT_YEAR)
+    bench.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    bench.add_argument("--scale", type=float, default=1.0)
+    bench.add_argument("--work-dir", default="bench-work", help="scratch folder (replaced)")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except (StructuralInputError, ConfigError) as error:
+        log.error("bad input: %s", error)
+        return EXIT_BAD_INPUT
+    except ValidationThresholdError as error:
+        log.error("validation threshold: %s", error)
+        return EXIT_THRESHOLD
+    except Exception:  # anything else is a defect, reported with its traceback
+        log.exception("internal error")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

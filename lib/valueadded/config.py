@@ -1,0 +1,122 @@
+"""Typed, frozen configuration loaded from `conf/`.
+
+A release configuration (`conf/releases/*.yaml`) names the run settings and points at
+the reference tables (`conf/reference/*.yaml`): the code lists of the input contract
+and, per year, the tables the measures use. Loading validates every key: an unknown
+key, a missing key or a value of the wrong kind is a `ConfigError` naming the file and
+the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+DEFAULT_RELEASE_CONFIG = REPO_CONF_DIR / "releases" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or has a bad key or value."""
+
+
+@dataclass(frozen=True)
+class CodeLists:
+    """Valid values of the coded input columns (see docs/inputs.md)."""
+
+    key_stages: tuple[str, ...]
+    phases: tuple[str, ...]
+    provisions: tuple[str, ...]
+    sectors: tuple[str, ...]
+    regions: tuple[str, ...]
+    genders: tuple[str, ...]
+    sen: tuple[str, ...]
+    ethnicities: tuple[str, ...]
+    ks1_ta: tuple[str, ...]
+    ks2_test_codes: tuple[str, ...]
+    ks2_test_ta: tuple[str, ...]
+    ks2_writing_ta: tuple[str, ...]
+    pscales: tuple[str, ...]
+    amendment_actions: tuple[str, ...]
+    correctable: dict[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """Settings of one release run."""
+
+    max_rejected_share: float
+    shuffle_partitions: int
+    codes: CodeLists
+    source: str  # the file this configuration was loaded from
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=list)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    return content
+
+
+def _check_keys(path: Path, content: dict[str, Any], expected: set[str]) -> None:
+    unknown = sorted(set(content) - expected)
+    missing = sorted(expected - set(content))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; expected {sorted(expected)}")
+    if missing:
+        raise ConfigError(f"{path}: missing key(s) {missing}")
+
+
+def _string_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{path}: {key} must be a non-empty list")
+    return tuple(str(v) for v in value)
+
+
+def load_code_lists(path: Path) -> CodeLists:
+    content = _read_yaml(path)
+    names = {f.name for f in fields(CodeLists)}
+    _check_keys(path, content, names)
+    values: dict[str, Any] = {}
+    for name in names - {"correctable"}:
+        values[name] = _string_list(path, name, content[name])
+    correctable = content["correctable"]
+    if not isinstance(correctable, dict):
+        raise ConfigError(f"{path}: correctable must map key stage to a list of columns")
+    values["correctable"] = {
+        key_stage: _string_list(path, f"correctable.{key_stage}", columns)
+        for key_stage, columns in correctable.items()
+    }
+    return CodeLists(**values)
+
+
+def load_release_config(path: str | Path | None = None) -> ReleaseConfig:
+    """Load and validate a release configuration (default: conf/releases/default.yaml)."""
+    path = Path(path) if path is not None else DEFAULT_RELEASE_CONFIG
+    content = _read_yaml(path)
+    _check_keys(path, content, {"max_rejected_share", "shuffle_partitions", "reference"})
+    share = content["max_rejected_share"]
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
+        raise ConfigError(f"{path}: max_rejected_share must be a number from 0 to 1, got {share!r}")
+    partitions = content["shuffle_partitions"]
+    if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+        raise ConfigError(f"{path}: shuffle_partitions must be a positive integer, got {partitions!r}")
+    codes = load_code_lists((path.parent / str(content["reference"])).resolve())
+    return ReleaseConfig(
+        max_rejected_share=float(share),
+        shuffle_partitions=partitions,
+        codes=codes,
+        source=str(path.resolve()),
+    )

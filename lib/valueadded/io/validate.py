@@ -1,0 +1,237 @@
+"""Row rules: every input row is accepted or set aside with a reason code.
+
+A row rule is a reason code, a sentence saying what it checks, and a Spark condition
+that is true when a row breaks it. `apply_rules` evaluates every rule of a table in one
+pass and gives each row the list of rules it broke; the first is its `reason_code`.
+Rules that look at other tables (an unknown school, a duplicate key) see flag columns
+prepared by the caller (`validate_inputs`), so each rule stays one readable line.
+
+Reason codes are `<rule>` or `<rule>.<column>`; the full catalogue, generated from
+`rule_catalogue()`, is in docs/validation.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pyspark.sql import Column as SparkColumn
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from valueadded.config import CodeLists
+from valueadded.io.inputs import PARSE_ERRORS
+from valueadded.io.schemas import KS2_RESULTS, KS4_RESULTS, TableSchema
+
+REASONS = "_reasons"  # array<string>: every rule the row broke, in catalogue order
+KEY_COUNT = "_key_count"  # rows sharing this row's key
+KNOWN = "_known"  # the row's reference (school or pupil) exists
+SCALED_SCORE_RANGE = (80, 120)
+SLOT_POINTS_RANGE = (0.0, 9.0)
+IDACI_RANGE = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """One row rule: its reason code, what it checks, and when a row breaks it."""
+
+    reason: str
+    description: str
+    broken: Callable[[], SparkColumn]
+
+
+def _col(name: str) -> SparkColumn:
+    return F.col(name)
+
+
+def missing_value_rules(schema: TableSchema) -> list[RowRule]:
+    return [
+        RowRule(f"missing_value.{c.name}", f"{c.name} must not be empty", lambda n=c.name: _col(n).isNull())
+        for c in schema.columns
+        if not c.nullable
+    ]
+
+
+def unparseable_rules(schema: TableSchema) -> list[RowRule]:
+    return [
+        RowRule(
+            f"unparseable_value.{c.name}",
+            f"{c.name} must be a valid {c.type} (CSV inputs)",
+            lambda n=c.name: F.array_contains(_col(PARSE_ERRORS), n),
+        )
+        for c in schema.columns
+        if c.type != "string"
+    ]
+
+
+def code_rule(column: str, allowed: tuple[str, ...]) -> RowRule:
+    return RowRule(
+        f"unknown_code.{column}",
+        f"{column} must be one of the configured codes ({len(allowed)} values)",
+        lambda: _col(column).isNotNull() & ~_col(column).isin(list(allowed)),
+    )
+
+
+def range_rule(column: str, low: float, high: float) -> RowRule:
+    return RowRule(
+        f"out_of_range.{column}",
+        f"{column} must be from {low} to {high}",
+        lambda: _col(column).isNotNull() & ~_col(column).between(low, high),
+    )
+
+
+def duplicate_rule(key: tuple[str, ...]) -> RowRule:
+    return RowRule("duplicate_key", f"({', '.join(key)}) must be unique: every copy is set aside", lambda: _col(KEY_COUNT) > 1)
+
+
+def unknown_reference_rule(reason: str, description: str) -> RowRule:
+    return RowRule(reason, description, lambda: ~_col(KNOWN))
+
+
+def scaled_score_rules(prefix: str, codes: CodeLists) -> list[RowRule]:
+    """Rules for one KS2 test subject; prefix is e.g. "reading" or "ks2_reading"."""
+    score, code = f"{prefix}_scaled_score", f"{prefix}_test_code"
+    return [
+        range_rule(score, *SCALED_SCORE_RANGE),
+        code_rule(code, codes.ks2_test_codes),
+        code_rule(f"{prefix}_ta", codes.ks2_test_ta),
+        code_rule(f"{prefix}_pscale", codes.pscales),
+        RowRule(
+            f"inconsistent.{score}",
+            f"{score} is given exactly when {code} is S",
+            lambda: (_col(code) == "S") != _col(score).isNotNull(),
+        ),
+    ]
+
+
+def date_window_rule(column: str, earliest: str, latest: str, what: str) -> RowRule:
+    return RowRule(
+        f"impossible_date.{column}",
+        f"{column} must be {what} ({earliest} to {latest})",
+        lambda: _col(column).isNotNull() & ~_col(column).between(F.lit(earliest).cast("date"), F.lit(latest).cast("date")),
+    )
+
+
+def birth_window(year: int, key_stage: str) -> tuple[str, str]:
+    """Dates of birth a pupil of this cohort can have: two years either side of the year group.
+
+    The KS2 year group of academic year Y was born Sep Y-11 to Aug Y-10, the KS4 one Sep
+    Y-16 to Aug Y-15; pupils taught out of their year group are real but rare.
+    """
+    age_at_end = {"ks2": 11, "ks4": 16}[key_stage]
+    return f"{year - age_at_end - 2}-09-01", f"{year - age_at_end + 1}-08-31"
+
+
+def school_rules(codes: CodeLists, schema: TableSchema) -> list[RowRule]:
+    return [
+        *missing_value_rules(schema),
+        *unparseable_rules(schema),
+        duplicate_rule(schema.key),
+        code_rule("phase", codes.phases),
+        code_rule("provision", codes.provisions),
+        code_rule("sector", codes.sectors),
+        code_rule("region_code", codes.regions),
+    ]
+
+
+def trust_rules(schema: TableSchema) -> list[RowRule]:
+    return [
+        *missing_value_rules(schema),
+        *unparseable_rules(schema),
+        unknown_reference_rule("unknown_school", "school_id must be an accepted row of schools"),
+        RowRule("leave_before_join", "leave_date must not be before join_date", lambda: _col("leave_date") < _col("join_date")),
+        RowRule(
+            "overlapping_trust_spells",
+            "a school's trust spells must not overlap (the later spell is set aside)",
+            lambda: _col("_overlaps_previous"),
+        ),
+    ]
+
+
+def pupil_rules(codes: CodeLists, schema: TableSchema, year: int, key_stage: str) -> list[RowRule]:
+    earliest_birth, latest_birth = birth_window(year, key_stage)
+    return [
+        *missing_value_rules(schema),
+        *unparseable_rules(schema),
+        code_rule("key_stage", codes.key_stages),
+        duplicate_rule(schema.key),
+        code_rule("gender", codes.genders),
+        code_rule("sen", codes.sen),
+        code_rule("ethnicity", codes.ethnicities),
+        range_rule("idaci", *IDACI_RANGE),
+        date_window_rule("date_of_birth", earliest_birth, latest_birth, "within two years of the cohort's birth year"),
+        RowRule(
+            "impossible_date.first_admission_date",
+            "first_admission_date must be after date_of_birth and by the end of the academic year",
+            lambda: (_col("first_admission_date") <= _col("date_of_birth"))
+            | (_col("first_admission_date") > F.lit(f"{year}-08-31").cast("date")),
+        ),
+        unknown_reference_rule("unknown_school", "school_id must be an accepted row of schools"),
+    ]
+
+
+def results_rules(codes: CodeLists, key_stage: str) -> list[RowRule]:
+    schema = {"ks2": KS2_RESULTS, "ks4": KS4_RESULTS}[key_stage]
+    common = [*missing_value_rules(schema), *unparseable_rules(schema), duplicate_rule(schema.key)]
+    if key_stage == "ks2":
+        specific = [
+            *(code_rule(f"ks1_{subject}", codes.ks1_ta) for subject in ("reading", "writing", "maths")),
+            *scaled_score_rules("reading", codes),
+            *scaled_score_rules("maths", codes),
+            code_rule("writing_ta", codes.ks2_writing_ta),
+            code_rule("writing_pscale", codes.pscales),
+        ]
+    else:
+        points = [c.name for c in schema.columns if c.name.endswith("_points")]
+        specific = [
+            *scaled_score_rules("ks2_reading", codes),
+            *scaled_score_rules("ks2_maths", codes),
+            *(range_rule(name, *SLOT_POINTS_RANGE) for name in points),
+        ]
+    reference = unknown_reference_rule("unknown_pupil", f"pupil_id must have a row in pupils for {key_stage}")
+    return [*common, *specific, reference]
+
+
+def amendment_rules(codes: CodeLists, schema: TableSchema, key_stage: str) -> list[RowRule]:
+    correctable = list(codes.correctable.get(key_stage, ()))
+    return [
+        *missing_value_rules(schema),
+        *unparseable_rules(schema),
+        code_rule("key_stage", codes.key_stages),
+        code_rule("action", codes.amendment_actions),
+        duplicate_rule(schema.key),
+        RowRule(
+            "incomplete_correction",
+            "a correct amendment names a field and a new_value; remove and add name neither",
+            lambda: F.when(_col("action") == "correct", _col("field").isNull() | _col("new_value").isNull()).otherwise(
+                _col("field").isNotNull() | _col("new_value").isNotNull()
+            ),
+        ),
+        RowRule(
+            "unknown_field",
+            f"field must be a correctable results column for the key stage ({len(correctable)} columns)",
+            lambda: _col("field").isNotNull() & ~_col("field").isin(correctable),
+        ),
+        RowRule("invalid_new_value", "new_value must be a valid value of the field's type", lambda: _col("_new_value_invalid")),
+        unknown_reference_rule("unknown_pupil", f"pupil_id must have a row in pupils for {key_stage}"),
+    ]
+
+
+def apply_rules(frame: DataFrame, rules: list[RowRule]) -> DataFrame:
+    """Add `_reasons`: the codes of every rule each row breaks, in rule order."""
+    broken = [F.when(F.coalesce(rule.broken(), F.lit(False)), F.lit(rule.reason)) for rule in rules]
+    return frame.withColumn(REASONS, F.filter(F.array(*broken), lambda reason: reason.isNotNull()))
+
+
+def rule_catalogue(codes: CodeLists, year: int = 2024) -> dict[str, list[RowRule]]:
+    """Every row rule per input table, for documentation and tests."""
+    from valueadded.io.schemas import AMENDMENTS, PUPILS, SCHOOLS, TRUST_MEMBERSHIP
+
+    return {
+        "schools": school_rules(codes, SCHOOLS),
+        "trust_membership": trust_rules(TRUST_MEMBERSHIP),
+        "pupils": pupil_rules(codes, PUPILS, year, "ks2"),
+        "ks2_results": results_rules(codes, "ks2"),
+        "ks4_results": results_rules(codes, "ks4"),
+        "amendments": amendment_rules(codes, AMENDMENTS, "ks2"),
+    }

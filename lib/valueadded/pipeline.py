@@ -1,0 +1,182 @@
+"""A release is an ordered list of stages; this module runs them.
+
+Each stage is a function of the `Release` context: it reads what earlier stages left in
+`release.frames`, adds its own frames, and registers output tables in
+`release.outputs`. The runner times every stage, logs one JSON line per stage, checks
+the reconciliation of pupils in and out, writes the outputs, and appends the run to the
+`runs` table whether the run succeeded or failed.
+
+A new measure is a new module with a stage function, added to `MEASURE_STAGES` for its
+key stage: nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from valueadded.config import ReleaseConfig
+from valueadded.io.delta_store import TableStore
+from valueadded.io.intake import Intake, check_rejected_share, run_intake
+from valueadded.io.runlog import RunRecord
+from valueadded.io.schemas import PUPIL_RESULTS, REJECTED_ROWS, RUNS, TableSchema
+from valueadded.measures.cohort import build_pupil_table
+
+log = logging.getLogger(__name__)
+
+KEY_STAGES = ("ks2", "ks4")
+DATA_STAGES = ("unvalidated", "validated")
+
+
+class ReconciliationError(RuntimeError):
+    """Rows in do not equal rows included + excluded + rejected: a defect, never data."""
+
+
+@dataclass
+class Release:
+    """Everything one run knows: its partition, inputs, intermediate frames and outputs."""
+
+    spark: SparkSession
+    config: ReleaseConfig
+    input_dir: Path
+    output_dir: Path
+    year: int
+    key_stage: str
+    data_stage: str
+    record: RunRecord
+    intake: Intake | None = None
+    frames: dict[str, DataFrame] = field(default_factory=dict)
+    outputs: dict[str, tuple[TableSchema, DataFrame]] = field(default_factory=dict)
+
+    def publish(self, schema: TableSchema, frame: DataFrame) -> None:
+        """Register a frame to be written as this run's partition of `schema`."""
+        self.outputs[schema.name] = (schema, frame)
+
+
+Stage = tuple[str, Callable[[Release], None]]
+
+
+def stage_intake(release: Release) -> None:
+    intake = run_intake(
+        release.spark, release.input_dir, release.year, release.key_stage, release.data_stage, release.config.codes
+    )
+    release.intake = intake
+    release.record.input_fingerprints = intake.fingerprints
+    release.record.row_counts["inputs"] = intake.counts
+    release.publish(REJECTED_ROWS, intake.rejected)
+    check_rejected_share(intake.counts, release.config.max_rejected_share)
+
+
+def stage_pupil_table(release: Release) -> None:
+    intake = release.intake
+    pupils = build_pupil_table(
+        intake.pupils, intake.schools, intake.trust_membership, intake.amendments,
+        release.year, release.key_stage, release.data_stage,
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    release.frames["pupils"] = pupils
+    release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
+
+
+def stage_reconcile(release: Release) -> None:
+    """Check rows in = included + excluded + rejected for pupils and results rows."""
+    counts = release.record.row_counts["inputs"]
+    pupils = release.frames["pupils"]
+    by_reason = {
+        (row["exclusion_reason"] or "included"): row["n"]
+        for row in pupils.groupBy("exclusion_reason").agg(F.count(F.lit(1)).alias("n")).collect()
+    }
+    in_table = sum(by_reason.values())
+    results_name = f"{release.key_stage}_results"
+    checks = {
+        "pupils": (counts["pupils"]["rows_in_scope"], in_table + counts["pupils"]["rows_rejected"]),
+        results_name: (counts[results_name]["rows_in_scope"], in_table + counts[results_name]["rows_rejected"]),
+    }
+    release.record.row_counts["pupil_results"] = {
+        "rows": in_table,
+        "included": by_reason.get("included", 0),
+        "excluded": in_table - by_reason.get("included", 0),
+        "by_reason": dict(sorted(by_reason.items())),
+    }
+    release.record.row_counts["reconciliation"] = {
+        name: {"rows_in": rows_in, "included_excluded_rejected": out, "holds": rows_in == out}
+        for name, (rows_in, out) in checks.items()
+    }
+    broken = {name: pair for name, pair in checks.items() if pair[0] != pair[1]}
+    if broken:
+        raise ReconciliationError(f"rows in != included + excluded + rejected: {broken}")
+
+
+def stage_write(release: Release) -> None:
+    store = TableStore(release.spark, release.output_dir)
+    for name, (schema, frame) in release.outputs.items():
+        release.record.table_versions[name] = store.replace_partition(
+            frame, schema, release.year, release.key_stage, release.data_stage
+        )
+
+
+# Measures register their stages here, per key stage, in the order they run.
+MEASURE_STAGES: dict[str, list[Stage]] = {"ks2": [], "ks4": []}
+
+
+def stages_for(key_stage: str) -> list[Stage]:
+    return [
+        ("intake", stage_intake),
+        ("pupil_table", stage_pupil_table),
+        ("reconcile", stage_reconcile),
+        *MEASURE_STAGES[key_stage],
+        ("write", stage_write),
+    ]
+
+
+def run_release(
+    spark: SparkSession,
+    config: ReleaseConfig,
+    input_dir: Path,
+    output_dir: Path,
+    year: int,
+    key_stage: str,
+    data_stage: str,
+    command: str = "",
+) -> RunRecord:
+    """Run one release: every stage, then the run log. Re-raises a stage's error after logging the run."""
+    if key_stage not in KEY_STAGES:
+        raise ValueError(f"key stage must be one of {KEY_STAGES}, got {key_stage!r}")
+    if data_stage not in DATA_STAGES:
+        raise ValueError(f"data stage must be one of {DATA_STAGES}, got {data_stage!r}")
+    record = RunRecord(
+        run_id=uuid.uuid4().hex,
+        command=command,
+        year=year,
+        key_stage=key_stage,
+        data_stage=data_stage,
+        config_json=config.to_json(),
+    )
+    release = Release(spark, config, Path(input_dir), Path(output_dir), year, key_stage, data_stage, record)
+    status, error = "succeeded", None
+    try:
+        for name, stage in stages_for(key_stage):
+            started = time.perf_counter()
+            stage(release)
+            record.stage_timings[name] = time.perf_counter() - started
+            log.info(json.dumps({"run_id": record.run_id, "stage": name, "seconds": round(record.stage_timings[name], 3)}))
+    except Exception as failure:
+        status, error = "failed", f"{type(failure).__name__}: {failure}"
+        raise
+    finally:
+        try:
+            TableStore(spark, output_dir).append(record.to_arrow(status, error), RUNS)
+        except Exception:  # the run's own error matters more than a failed log write
+            log.exception("could not append the run to the runs table")
+        for frame in release.frames.values():
+            frame.unpersist()
+    log.info(json.dumps({"run_id": record.run_id, "status": status, "row_counts": record.row_counts}))
+    return record

@@ -1,0 +1,63 @@
+"""The one place a SparkSession is built.
+
+Library code never creates a session: jobs and tests call `get_spark()` once and pass
+the session in. On a cluster (spark-submit, Databricks) the session that already exists
+is reused, with its own settings; locally a `local[2]` session is started with settings
+measured to suit a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+LOCAL_SETTINGS = {
+    "spark.ui.enabled": "false",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.driver.memory": "6g",
+    "spark.sql.ansi.enabled": "true",
+}
+
+
+def get_spark(master: str | None = None, shuffle_partitions: int = 8, app_name: str = "valueadded") -> SparkSession:
+    """Return the active session, or start a local one.
+
+    Args:
+        master: Spark master URL; default `local[2]` unless a session is already active.
+        shuffle_partitions: `spark.sql.shuffle.partitions` for a new local session.
+        app_name: application name shown by the cluster.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    # Python workers must use this interpreter, or they lack pandas and pyarrow.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name).master(master or os.environ.get("VALUEADDED_SPARK_MASTER", "local[2]"))
+    for key, value in LOCAL_SETTINGS.items():
+        builder = builder.config(key, value)
+    builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    log.info("started Spark %s (%s)", spark.version, spark.sparkContext.master)
+    return spark
+
+
+def delta_spark_available(spark: SparkSession) -> bool:
+    """True when the Delta Lake JARs and SQL extension are loaded in this session."""
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    if "io.delta.sql.DeltaSparkSessionExtension" not in extensions:
+        return False
+    try:
+        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")  # noqa: SLF001
+    except Exception:  # py4j raises its own error type for a missing class
+        return False
+    return True
