@@ -64,6 +64,18 @@ def _ks4(pupil_id, **overrides):
     return row
 
 
+def add_ks2_pupil(tables: dict, pupil_id: str, school_id: str = "100001", pupil: dict | None = None, results: dict | None = None) -> None:
+    """Append one valid KS2 pupil (pupil row and results row), with overrides."""
+    tables["pupils"].append(_pupil(pupil_id, "ks2", school_id, **(pupil or {})))
+    tables["ks2_results"].append(_ks2(pupil_id, **(results or {})))
+
+
+def add_ks4_pupil(tables: dict, pupil_id: str, school_id: str = "200001", pupil: dict | None = None, results: dict | None = None) -> None:
+    """Append one valid KS4 pupil (pupil row and results row), with overrides."""
+    tables["pupils"].append(_pupil(pupil_id, "ks4", school_id, **(pupil or {})))
+    tables["ks4_results"].append(_ks4(pupil_id, **(results or {})))
+
+
 def valid_tables() -> dict[str, list[dict]]:
     ks2_schools = ["100001", "100002", "100003"]
     ks2_pupils = [f"P2{i:03d}" for i in range(8)]
@@ -94,7 +106,8 @@ def write_inputs(folder: Path, tables: dict[str, list[dict]], formats: dict[str,
     """Write each table as Parquet (default) or CSV, with the contract's exact types."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in tables.items():
-        schema = INPUT_TABLES[name].arrow_schema()
+        # Files in the wild rarely carry non-null flags; tests must be able to write nulls.
+        schema = pa.schema([field.with_nullable(True) for field in INPUT_TABLES[name].arrow_schema()])
         fmt = (formats or {}).get(name, "parquet")
         if fmt == "parquet":
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"{name}.parquet")

@@ -19,6 +19,7 @@ from pathlib import Path
 from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 
 from valueadded.io.schemas import SPARK_TYPES, TableSchema
@@ -81,6 +82,16 @@ def fingerprint(source: InputFile) -> str:
     return digest.hexdigest()
 
 
+def _summary(error: Exception) -> str:
+    """The informative line of a Spark/JVM error (the error class or the malformed record)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for marker in ("Malformed", "[MALFORMED", "[FAILED_READ_FILE", "Exception:"):
+        for line in lines:
+            if marker in line:
+                return line[:400]
+    return lines[0][:400] if lines else type(error).__name__
+
+
 def _row_json(columns: list[str]) -> SparkColumn:
     return F.to_json(F.struct(*[F.col(name) for name in columns]), {"ignoreNullFields": "false"})
 
@@ -90,7 +101,7 @@ def _read_parquet(spark: SparkSession, source: InputFile, schema: TableSchema) -
         frame = spark.read.parquet(str(source.path))
         found = {field.name: field.dataType for field in frame.schema.fields}
     except PySparkException as error:
-        raise StructuralInputError(str(source.path), "unreadable_file", str(error).splitlines()[0]) from error
+        raise StructuralInputError(str(source.path), "unreadable_file", _summary(error)) from error
     for column in schema.columns:
         if column.name not in found:
             raise StructuralInputError(str(source.path), "missing_column", "required column is absent", column.name)
@@ -130,7 +141,7 @@ def _read_csv(spark: SparkSession, source: InputFile, schema: TableSchema) -> Da
         )
         header = raw.columns
     except PySparkException as error:
-        raise StructuralInputError(str(source.path), "unreadable_csv", str(error).splitlines()[0]) from error
+        raise StructuralInputError(str(source.path), "unreadable_csv", _summary(error)) from error
     for column in schema.columns:
         if column.name not in header:
             raise StructuralInputError(str(source.path), "missing_column", "required column is absent from the header", column.name)
@@ -163,11 +174,12 @@ def read_table(spark: SparkSession, source: InputFile, schema: TableSchema) -> t
     reader = _read_parquet if source.format == "parquet" else _read_csv
     frame = reader(spark, source, schema)
     try:
-        # Counting reads every row, so a malformed CSV line fails here, not mid-release.
-        rows_in = frame.count()
-    except PySparkException as error:
+        # Reading every column of every row (a plain count would skip parsing) makes a
+        # malformed CSV line fail here, not mid-release.
+        rows_in = frame.agg(F.count(F.lit(1)).alias("n"), F.max(F.length(ROW_JSON))).first()["n"]
+    except (PySparkException, Py4JJavaError) as error:
         rule = "unreadable_csv" if source.format == "csv" else "unreadable_file"
-        raise StructuralInputError(str(source.path), rule, str(error).splitlines()[0]) from error
+        raise StructuralInputError(str(source.path), rule, _summary(error)) from error
     if rows_in == 0:
         raise StructuralInputError(str(source.path), "empty_input", "the table has no rows", count=0)
     return frame, rows_in

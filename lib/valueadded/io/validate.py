@@ -46,7 +46,12 @@ def _col(name: str) -> SparkColumn:
 
 def missing_value_rules(schema: TableSchema) -> list[RowRule]:
     return [
-        RowRule(f"missing_value.{c.name}", f"{c.name} must not be empty", lambda n=c.name: _col(n).isNull())
+        RowRule(
+            f"missing_value.{c.name}",
+            f"{c.name} must not be empty",
+            # A CSV value that failed to parse is null too, but reported as unparseable.
+            lambda n=c.name: _col(n).isNull() & ~F.array_contains(_col(PARSE_ERRORS), n),
+        )
         for c in schema.columns
         if not c.nullable
     ]
