@@ -1,4 +1,4 @@
-"""The one command line: `valueadded generate | release | bench`.
+"""The one command line: `valueadded generate | release | docs | bench`.
 
 Exit codes: 0 success; 1 internal error (a defect: please report it); 2 bad input or
 configuration (a missing file or column, a wrong type, an unreadable CSV, a bad config
@@ -83,6 +83,14 @@ def cmd_release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from valueadded.docs import write_docs
+
+    for path in write_docs(Path(args.out)):
+        print(path)
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from valueadded.bench import run_benchmark
 
@@ -111,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--stage", choices=("unvalidated", "validated", "both"), default="unvalidated", help="data stage")
     release.add_argument("--config", help="release configuration YAML (default conf/releases/default.yaml)")
     release.set_defaults(handler=cmd_release)
+
+    docs = sub.add_parser("docs", help="regenerate docs/inputs.md, tables.md and validation.md from the code")
+    docs.add_argument("--out", default="docs")
+    docs.set_defaults(handler=cmd_docs)
 
     bench = sub.add_parser("bench", help="benchmark generation and release on the national cohort (prints figures)")
     bench.add_argument("--year", type=int, default=DEFAULT_YEAR)

@@ -67,15 +67,20 @@ def check_frame_schema(frame: DataFrame, schema: TableSchema) -> None:
         raise SchemaMismatchError(f"{schema.name}: " + "; ".join(wrong))
 
 
-def _checked_batches(dataset: ds.Dataset, schema: TableSchema) -> Iterator[pa.RecordBatch]:
-    """Yield the staged rows as batches of exactly the declared Arrow schema."""
+def _checked_batches(dataset: ds.Dataset, schema: TableSchema, failures: list[Exception]) -> Iterator[pa.RecordBatch]:
+    """Yield the staged rows as batches of exactly the declared Arrow schema.
+
+    A failed check is also put in `failures`, because the Delta writer wraps errors
+    raised inside the stream in its own error type.
+    """
     target = schema.arrow_schema()
     required = [c.name for c in schema.columns if not c.nullable]
     for batch in dataset.to_batches(columns=schema.names, batch_size=BATCH_ROWS):
         for name in required:
             nulls = batch.column(name).null_count
             if nulls:
-                raise SchemaMismatchError(f"{schema.name}: {nulls} null value(s) in non-null column {name}")
+                failures.append(SchemaMismatchError(f"{schema.name}: {nulls} null value(s) in non-null column {name}"))
+                raise failures[-1]
         yield pa.RecordBatch.from_arrays(batch.columns, schema=target)
 
 
@@ -128,11 +133,16 @@ class TableStore:
         Returns:
             The table's Delta version after the commit.
         """
+        data_columns = [name for name in schema.names if name not in PARTITION_NAMES]
+        missing = [name for name in data_columns if name not in frame.columns]
+        unexpected = [name for name in frame.columns if name not in data_columns]
+        if missing or unexpected:
+            raise SchemaMismatchError(f"{schema.name}: columns differ from schema v{schema.version}: missing {missing}, unexpected {unexpected}")
         keyed = frame.select(
             F.lit(int(year)).cast("int").alias("academic_year"),
             F.lit(key_stage).alias("key_stage"),
             F.lit(data_stage).alias("data_stage"),
-            *[F.col(name) for name in schema.names if name not in PARTITION_NAMES],
+            *[F.col(name) for name in data_columns],
         )
         check_frame_schema(keyed, schema)
         self._check_existing(schema)
@@ -153,15 +163,21 @@ class TableStore:
             dataset = ds.dataset(str(staging), format="parquet")
             if not _same_types(pa.schema([dataset.schema.field(n) for n in schema.names]), schema.arrow_schema()):
                 raise SchemaMismatchError(f"{schema.name}: staged Parquet types differ: {dataset.schema}")
-            reader = pa.RecordBatchReader.from_batches(schema.arrow_schema(), _checked_batches(dataset, schema))
+            failures: list[Exception] = []
+            reader = pa.RecordBatchReader.from_batches(schema.arrow_schema(), _checked_batches(dataset, schema, failures))
             exists = self.version(schema) is not None
-            write_deltalake(
-                str(target),
-                reader,
-                partition_by=list(PARTITION_NAMES),
-                mode="overwrite",
-                predicate=predicate if exists else None,
-            )
+            try:
+                write_deltalake(
+                    str(target),
+                    reader,
+                    partition_by=list(PARTITION_NAMES),
+                    mode="overwrite",
+                    predicate=predicate if exists else None,
+                )
+            except Exception:
+                if failures:
+                    raise failures[0] from None
+                raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.version(schema)

@@ -1,0 +1,91 @@
+"""The Delta table store: one partition replaced per write, schemas checked first."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import functions as F
+
+from valueadded.io import delta_store
+from valueadded.io.delta_store import SchemaMismatchError, TableStore
+from valueadded.io.schemas import PARTITION_COLUMNS, Column, TableSchema
+
+SCORES = TableSchema(
+    name="scores",
+    grain="one row per school",
+    partition_by=("academic_year", "key_stage", "data_stage"),
+    columns=(*PARTITION_COLUMNS, Column("school_id", "string", False), Column("score", "double", True), Column("n", "int", False)),
+)
+
+
+def _frame(spark, rows):
+    return spark.createDataFrame(rows, "school_id string, score double, n int")
+
+
+def _partition_rows(store, **partition):
+    return sorted((r.school_id, r.score, r.n) for r in store.read(SCORES, **partition).collect())
+
+
+def test_replaces_exactly_one_partition(spark, tmp_path):
+    store = TableStore(spark, tmp_path)
+    assert store.backend == "delta-rs"
+    v0 = store.replace_partition(_frame(spark, [("A", 0.5, 10), ("B", -0.2, 20)]), SCORES, 2024, "ks2", "unvalidated")
+    store.replace_partition(_frame(spark, [("A", 0.4, 9)]), SCORES, 2024, "ks2", "validated")
+    store.replace_partition(_frame(spark, [("Z", 1.0, 5)]), SCORES, 2024, "ks4", "unvalidated")
+    v3 = store.replace_partition(_frame(spark, [("C", 0.1, 30)]), SCORES, 2024, "ks2", "unvalidated")
+    assert (v0, v3) == (0, 3)
+    assert _partition_rows(store, year=2024, key_stage="ks2", data_stage="unvalidated") == [("C", 0.1, 30)]
+    assert _partition_rows(store, year=2024, key_stage="ks2", data_stage="validated") == [("A", 0.4, 9)]
+    assert _partition_rows(store, year=2024, key_stage="ks4", data_stage="unvalidated") == [("Z", 1.0, 5)]
+    # Time travel: version 0 still holds the first write.
+    assert sorted(r.school_id for r in store.read(SCORES, version=0).collect()) == ["A", "B"]
+    # Partition columns come back with their declared types.
+    assert dict(store.read(SCORES).dtypes)["academic_year"] == "int"
+
+
+def test_wrong_type_is_refused_before_writing(spark, tmp_path):
+    store = TableStore(spark, tmp_path)
+    store.replace_partition(_frame(spark, [("A", 0.5, 10)]), SCORES, 2024, "ks2", "unvalidated")
+    as_double = _frame(spark, [("A", 0.5, 10)]).withColumn("n", F.col("n").cast("double"))
+    with pytest.raises(SchemaMismatchError, match="n is double, declared int"):
+        store.replace_partition(as_double, SCORES, 2024, "ks2", "unvalidated")
+    missing = _frame(spark, [("A", 0.5, 10)]).drop("score")
+    with pytest.raises(SchemaMismatchError, match=r"missing \['score'\]"):
+        store.replace_partition(missing, SCORES, 2024, "ks2", "unvalidated")
+    assert store.version(SCORES) == 0
+
+
+def test_null_in_non_null_column_leaves_table_unchanged(spark, tmp_path):
+    store = TableStore(spark, tmp_path)
+    store.replace_partition(_frame(spark, [("A", 0.5, 10)]), SCORES, 2024, "ks2", "unvalidated")
+    with pytest.raises(SchemaMismatchError, match="null value.*non-null column n"):
+        store.replace_partition(_frame(spark, [("B", 0.5, None)]), SCORES, 2024, "ks2", "unvalidated")
+    assert store.version(SCORES) == 0
+    assert _partition_rows(store) == [("A", 0.5, 10)]
+
+
+def test_existing_table_with_other_schema_is_not_overwritten(spark, tmp_path):
+    store = TableStore(spark, tmp_path)
+    store.replace_partition(_frame(spark, [("A", 0.5, 10)]), SCORES, 2024, "ks2", "unvalidated")
+    changed = TableSchema(name="scores", grain="", partition_by=SCORES.partition_by, columns=(*SCORES.columns[:-1], Column("n", "long", False)))
+    frame = _frame(spark, [("A", 0.5, 10)]).withColumn("n", F.col("n").cast("long"))
+    with pytest.raises(SchemaMismatchError, match="existing table schema differs"):
+        store.replace_partition(frame, changed, 2024, "ks2", "unvalidated")
+
+
+def test_rows_stream_to_the_writer_in_batches(spark, tmp_path, monkeypatch):
+    monkeypatch.setattr(delta_store, "BATCH_ROWS", 7)
+    seen = []
+    original = delta_store._checked_batches
+
+    def counting(dataset, schema, failures):
+        for batch in original(dataset, schema, failures):
+            seen.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(delta_store, "_checked_batches", counting)
+    store = TableStore(spark, tmp_path)
+    frame = spark.range(100).select(F.col("id").cast("string").alias("school_id"), F.lit(0.0).alias("score"), F.col("id").cast("int").alias("n"))
+    store.replace_partition(frame, SCORES, 2024, "ks2", "unvalidated")
+    assert max(seen) <= 7 and sum(seen) == 100
+    assert store.read(SCORES).count() == 100
+    assert not (tmp_path / "_staging").exists() or not any((tmp_path / "_staging").iterdir())
