@@ -37,10 +37,18 @@ sums over groups are pre-aggregated by group size and one evaluation costs
 ``O(K p^2)`` for ``K`` distinct group sizes, independent of the number of pupils.
 
 Numerics: float64 throughout; internally the non-intercept columns of ``X`` and
-the response are centred and scaled to unit variance (by a congruence transform
-of the sufficient statistics, so ``prior_aps ~ 100`` next to its square
-``~ 10,000`` costs no accuracy), linear systems are solved by Cholesky, and
-everything is reported on the original scale.
+the response are centred and scaled to unit variance (a congruence transform of
+the sufficient statistics, so the linear algebra is not ill-conditioned by
+``prior_aps ~ 100`` next to its square ``~ 10,000``; the sums themselves must be
+accumulated in float64 by whoever gathers them), linear systems are solved by
+Cholesky, and everything is reported on the original scale.
+
+Before fitting, the design is checked from ``X'X`` alone: all-zero columns,
+constant columns (collinear with the intercept), then an in-order Gram-Schmidt
+(sequential Cholesky) of the centred, correlation-scaled cross-product; a column
+whose residual R^2-complement is at most ``collinearity_tol`` is reported with
+the minimal set of earlier terms it is an exact combination of
+(:class:`SingularDesignError`).
 
 This module is pure numpy/scipy/pandas and must never import pyspark: the Spark
 gatherer fills :class:`SufficientStatistics` field by field.
@@ -54,7 +62,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import linalg, optimize, stats
+from scipy import linalg, optimize
+from scipy.stats import norm
 
 __all__ = [
     "DEFAULT_MIN_GROUPS",
@@ -91,7 +100,8 @@ _GRID_STEP_LOG10 = 0.5
 _GAMMA_HARD_MAX = 1e12
 
 #: Two criterion values closer than this (absolute, on the -2 log-likelihood
-#: scale) are treated as equal when deciding for the gamma = 0 boundary.
+#: scale; or than the criterion's rounding noise, if larger) are treated as equal
+#: when deciding for the gamma = 0 boundary.
 _BOUNDARY_CRITERION_TOL = 1e-8
 
 #: Per-group-size aggregation keeps K x p x p doubles; above this many elements
@@ -251,7 +261,9 @@ class SufficientStatistics:
             raise ValueError("xtx is not symmetric")
         xtx = _frozen_array((xtx + xtx.T) / 2.0)
         if xtx[0, 0] != n_total:
-            raise ValueError(f"xtx[0, 0] = {xtx[0, 0]} but n_total = {n_total} (intercept must be a column of ones)")
+            raise ValueError(
+                f"xtx[0, 0] = {xtx[0, 0]} but n_total = {n_total} (intercept must be a column of ones)"
+            )
         if not np.array_equal(gsx[:, 0], group_n.astype(np.float64)):
             raise ValueError("group_sum_x[:, 0] must equal group_n (intercept must be a column of ones)")
         # The per-group sums must add up to the global ones (up to summation order).
@@ -408,7 +420,7 @@ class RemlResult:
         """
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level}")
-        z = _Z_95 if level == 0.95 else float(stats.norm.ppf(0.5 + level / 2.0))
+        z = _Z_95 if level == 0.95 else float(norm.ppf(0.5 + level / 2.0))
         n = self.group_n.astype(np.float64)
         s2b, s2e = self.sigma2_school, self.sigma2_pupil
         shrink = s2b / (s2b + s2e / n) if s2b > 0 else np.zeros_like(n)
@@ -731,14 +743,15 @@ def fit_reml(
 
     ``"conditional"`` (default)
         ``(X'V^{-1}X)^{-1} = sigma2_pupil * (X'H^{-1}X)^{-1}``, the GLS covariance
-        at the estimated variance components - lme4's ``vcov()``,
-        MLwiN's and SAS PROC MIXED's model-based default.
+        at the estimated variance components, as lme4's ``vcov()`` and the
+        model-based default of SAS PROC MIXED.
     ``"observed"``
         the beta block of the inverse observed information of the scale-profiled
         REML log-likelihood in (beta, gamma), which adds the (expectation-zero)
         beta-gamma cross term; this is what statsmodels' ``MixedLM`` reports as
-        ``bse_fe``.  The two differ by O(1/N) relatively (0.16% on mlmRev's Exam
-        data).  On the boundary (gamma = 0) the conditional one is used.
+        ``bse_fe``.  The two usually differ little (at most 0.16% on mlmRev's
+        Exam data) but not always (2.1% for ``ses`` on mlmRev's Hsb82).  On the
+        boundary (gamma = 0) the conditional one is used.
     """
     if covariance not in ("conditional", "observed"):
         raise ValueError(f"covariance must be 'conditional' or 'observed', got {covariance!r}")
@@ -790,19 +803,25 @@ def fit_reml(
     if fs[i] < f_theta:  # Brent never looks at the bracket centre exactly
         theta, f_theta = thetas[i], fs[i]
 
-    # Polish: root of the analytic derivative in a small bracket around Brent's answer.
+    # Polish: root of the analytic derivative in a small bracket around Brent's
+    # answer.  Near the optimum the criterion is flat to within its rounding noise
+    # (a few 1e-10 for N ~ 1e5), which limits Brent to ~1e-7 in log(gamma); the
+    # derivative is computed directly and pins the optimum down to ~1e-12.
     h = 1e-4
+    noise = 64.0 * np.finfo(float).eps * (abs(f_theta) + prob.N)
     try:
         g_lo, g_hi = prob.gradient(theta - h), prob.gradient(theta + h)
         if g_lo < 0 < g_hi:
-            root = optimize.brentq(prob.gradient, theta - h, theta + h, xtol=1e-14, rtol=4 * np.finfo(float).eps)
+            root = optimize.brentq(
+                prob.gradient, theta - h, theta + h, xtol=1e-14, rtol=4 * np.finfo(float).eps
+            )
             f_root = prob.criterion(root)
-            if f_root <= f_theta + 1e-10:
+            if f_root <= f_theta + noise:
                 theta, f_theta = float(root), f_root
     except (ValueError, RuntimeError):  # pragma: no cover - keep Brent's answer
         pass
 
-    boundary = f0 <= f_theta + _BOUNDARY_CRITERION_TOL
+    boundary = f0 <= f_theta + max(_BOUNDARY_CRITERION_TOL, noise)
     converged = bool(res.success) and not at_top
     if boundary:
         gamma, sol, grad = 0.0, zero, 0.0
@@ -821,7 +840,9 @@ def fit_reml(
         if np.all(np.isfinite(cov_obs)) and np.all(np.diag(cov_obs) > 0):
             cov_int, covariance_method = cov_obs, "observed"
         else:  # pragma: no cover - information not positive definite
-            logger.warning("REML: observed information not positive definite; using the conditional covariance")
+            logger.warning(
+                "REML: observed information not positive definite; using the conditional covariance"
+            )
     M, s_y = prob.M, prob.s_y
     coef = s_y * (M @ beta_int)
     coef[0] += prob.mu_y
