@@ -126,8 +126,8 @@ class TableStore:
         """Replace one (year, key stage, data stage) partition of a table in one commit.
 
         Args:
-            frame: the partition's rows with every column of `schema` except the
-                partition columns, which are set here.
+            frame: the partition's rows with every column of `schema`; the partition
+                columns may be absent, and are set here from the arguments either way.
             schema: the table's declaration.
 
         Returns:
@@ -135,7 +135,7 @@ class TableStore:
         """
         data_columns = [name for name in schema.names if name not in PARTITION_NAMES]
         missing = [name for name in data_columns if name not in frame.columns]
-        unexpected = [name for name in frame.columns if name not in data_columns]
+        unexpected = [name for name in frame.columns if name not in data_columns and name not in PARTITION_NAMES]
         if missing or unexpected:
             raise SchemaMismatchError(f"{schema.name}: columns differ from schema v{schema.version}: missing {missing}, unexpected {unexpected}")
         keyed = frame.select(

@@ -17,7 +17,7 @@ from valueadded.synth.geography import ETHNIC_GROUPS
 # ---------------------------------------------------------------- latent prior ability
 ABILITY_SHIFTS = {"sen_support": -0.85, "sen_plan": -1.9, "fsm": -0.35, "ever_in_care": -0.4, "mobile": -0.15}
 ABILITY_PER_IDACI = -1.2
-ABILITY_SPECIAL_SCHOOL = -0.7
+ABILITY_SPECIAL_SCHOOL = -0.4
 ABILITY_ETHNIC_SHIFT = {"WIRT": -0.9, "WROM": -1.0, "CHNE": 0.35, "AIND": 0.25, "BCRB": -0.15, "MWBC": -0.1}
 ABILITY_NOISE_SD = 0.85
 # Subject-specific parts: (female, EAL, per month of age above the middle of the year), noise SD.
@@ -26,7 +26,9 @@ SUBJECT_SHIFTS = {
     "ks2": {"reading": (0.10, -0.25, 0.03), "maths": (-0.05, -0.05, 0.03)},
 }
 SUBJECT_NOISE_SD = 0.5
-# Calibration: mean and SD of the subject latent before standardising (measured on scale-1 runs).
+# Standardisation of the subject latent (its mean and SD are about -0.43 and 1.21); calibration
+# constants: with the code shares below they set the KS1 and KS2 distributions (e.g. reading GDS
+# ~22%, PKF ~4%; KS2 reading mean ~105), so changing them moves every calibrated figure.
 SUBJECT_LATENT_MEAN, SUBJECT_LATENT_SD = -0.33, 1.23
 
 # ---------------------------------------------------------------- KS1 assessments
@@ -60,16 +62,22 @@ MALADMINISTRATION_RATE = 0.0004
 DISAPPLIED_RATE = (0.0002, 0.0006, 0.012)
 PLAIN_ABSENT_TA_SHARE = 0.5  # absent pupils with TA "A"; the rest keep their EXS/HNM assessment
 SCALED_MIN, SCALED_MAX = 80, 120
-NOT_SEN_BELOW_TEST = 74.0  # a pupil without SEN scoring below 80 is coded B only below this
+# Below 80, a pupil with an EHC plan is coded B; with SEN support or no SEN only below these
+# latent scores (above them the pupil sat the test without reaching a scaled score: N).
+SEN_SUPPORT_BELOW_TEST, NOT_SEN_BELOW_TEST = 78.0, 75.0
 HNM_NOT_SAT_SHARE = 0.25  # of would-be N pupils, those who did not sit (code A, TA HNM)
 N_WITH_EXS_SHARE = 0.15
 PRE_KEY_STAGE_BOUNDS = ((77.0, "PKG"), (74.0, "PKE"), (70.0, "PKF"))  # latent >= bound
 P_SCALE_BOUNDS = (67.0, 64.0, 61.0, 58.0, 55.0, 52.0, 49.0)  # P8 .. P2; below is P1
+# Nominal KS2 scores of SPEC 2.2 (the 2024 configuration), for the KS4 prior attainment.
+NOMINAL_BY_PSCALE = {"P1": 59, "P2": 59, "P3": 59, "P4": 61, "P5": 63, "P6": 65, "P7": 67, "P8": 69, "NOTSEN": 71}
+NOMINAL_BY_TA = {"PKF": 73, "PKE": 76, "PKG": 79}
+NOMINAL_N_CODE = 79
 # KS4 cohort's KS2 scores from the standardised latent: centre + sd*z + skew*min(z, 0)^2.
 KS2_SCORE_CURVE = {"reading": (105.8, 8.0, -2.5), "maths": (105.6, 7.4, -2.5)}
 # Writing TA from the mean of the reading and maths latents, + female shift + noise.
 WRITING_FEMALE_SHIFT, WRITING_NOISE_SD = 1.5, 4.0
-WRITING_BOUNDS = ((111.5, "GDS"), (99.0, "EXS"), (87.0, "WTS"), (83.0, "PKG"), (79.0, "PKE"), (75.0, "PKF"))
+WRITING_BOUNDS = ((113.5, "GDS"), (99.0, "EXS"), (87.0, "WTS"), (83.0, "PKG"), (79.0, "PKE"), (75.0, "PKF"))
 WRITING_NON_TA_RATES = (("A", 0.002), ("M", 0.0008), ("Q", 0.0002))
 
 # ---------------------------------------------------------------- Attainment 8 slots
@@ -79,13 +87,13 @@ SLOT_WEIGHTS = np.array([2, 2, 1, 1, 1, 1, 1, 1])  # english, maths, ebacc_1..3,
 SLOT_ANCHORS = np.array([1.6, 4.7, 8.2])
 SLOT_RELATIVE = {"english": (1.21, 1.08, 0.98), "maths": (0.75, 1.0, 1.02),
                  "ebacc": (1.47, 1.01, 1.02), "open": (1.63, 1.03, 0.985)}
-SLOT_FILL_LOG_ODDS = (-0.85, 0.84)  # P(optional slot filled) = logistic(a + b * mean slot points)
+SLOT_FILL_LOG_ODDS = (-0.6, 0.84)  # P(optional slot filled) = logistic(a + b * mean slot points)
 SLOT_NOISE_SD = 0.18
 # EBacc subject points: P(entered) = logistic(a + b*(g - 4.7)); points ~ factor*g + noise, rounding step.
 EBACC_SUBJECTS = {
-    "science": ((0.95, 0.5), (0.99, 0.9, 0.5)),
-    "humanities": ((1.45, 0.45), (0.95, 1.0, 1.0)),
-    "languages": ((-0.25, 0.55), (0.93, 1.0, 1.0)),
+    "science": ((1.1, 0.5), (0.99, 0.9, 0.5)),
+    "humanities": ((1.7, 0.45), (0.95, 1.0, 1.0)),
+    "languages": ((-0.15, 0.55), (0.93, 1.0, 1.0)),
 }
 
 
@@ -184,7 +192,7 @@ def ks2_test_outcomes(rng, latent: np.ndarray, sen: np.ndarray, non_test: np.nda
     pscale = np.full(n, -1)
     sits = code < 0
     below = sits & (latent < SCALED_MIN)
-    b_code = below & ((sen > 0) | (latent < NOT_SEN_BELOW_TEST))
+    b_code = below & ((sen == 2) | (latent < np.where(sen == 1, SEN_SUPPORT_BELOW_TEST, NOT_SEN_BELOW_TEST)))
     n_code = below & ~b_code
     not_sat = n_code & (rng.random(n) < HNM_NOT_SAT_SHARE)
     code[sits] = _index(TEST_CODES, "S")
@@ -232,6 +240,20 @@ def writing_assessment(rng, writing_latent: np.ndarray, sen: np.ndarray, disappl
     ta[disapplied] = _index(TEST_TA, "D")
     pscale[disapplied] = -1
     return ta, pscale
+
+
+def ks2_prior_value(score, code, ta, pscale) -> np.ndarray:
+    """KS2 score used as prior attainment: scaled score (S), nominal score (B, N), else NaN."""
+    value = np.full(len(code), np.nan)
+    sat = code == _index(TEST_CODES, "S")
+    value[sat] = score[sat]
+    value[code == _index(TEST_CODES, "N")] = NOMINAL_N_CODE
+    below = code == _index(TEST_CODES, "B")
+    for label, nominal in NOMINAL_BY_TA.items():
+        value[below & (ta == _index(TEST_TA, label))] = nominal
+    for label, nominal in NOMINAL_BY_PSCALE.items():
+        value[below & (ta == _index(TEST_TA, "BLW")) & (pscale == _index(PSCALES, label))] = nominal
+    return value
 
 
 def _logistic(x):
@@ -284,6 +306,9 @@ def attainment8_slots(rng, a8_latent: np.ndarray) -> tuple[np.ndarray, np.ndarra
     pick = np.argmax(room, axis=1)
     fits = room[np.arange(n), pick] >= np.abs(remainder)
     cents[np.arange(n)[fits], 2 + pick[fits]] += remainder[fits]
+    # No single slot can take it (no optional slot filled): English takes it, to within a cent.
+    stuck = ~fits
+    cents[stuck, 0] = np.clip(cents[stuck, 0] + remainder[stuck] // 2, 0, 900)
     return cents / 100.0, (cents @ SLOT_WEIGHTS) / 100.0
 
 

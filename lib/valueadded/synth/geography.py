@@ -274,8 +274,7 @@ def allocate(total: int, weights: np.ndarray, minimum: int = 0) -> np.ndarray:
     Deterministic; every entry gets at least `minimum` when the total allows it.
     """
     n = len(weights)
-    floor_total = minimum * n if total >= minimum * n else 0
-    base = np.full(n, floor_total // n if n else 0, dtype=np.int64)
+    base = np.full(n, minimum if total >= minimum * n else 0, dtype=np.int64)
     remaining = total - base.sum()
     quota = weights / weights.sum() * remaining
     counts = np.floor(quota).astype(np.int64)

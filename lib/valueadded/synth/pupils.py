@@ -14,17 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from valueadded.synth.dates import calendar_month, days
 from valueadded.synth.geography import ETHNIC_GROUPS
-from valueadded.synth.trusts import days
 
 FEMALE_SHARE = 0.49
 
 # IDACI: logit(idaci) ~ normal, centred on the school's deprivation; mean ~0.14.
-IDACI_LOGIT_MEAN = -2.15
+IDACI_LOGIT_MEAN = -2.07
 IDACI_PER_DEPRIVATION = 0.45
 IDACI_LOGIT_SD = 0.8
 # FSM log-odds: base + slope on the pupil's IDACI logit + ethnic shift (+ special, - independent).
-FSM_LOG_ODDS = -1.3
+FSM_LOG_ODDS = -1.4
 FSM_PER_IDACI_LOGIT = 1.1
 FSM_SPECIAL_SHIFT = 0.6
 FSM_INDEPENDENT_SHIFT = -4.0
@@ -34,7 +34,7 @@ FSM_ETHNIC_SHIFT = {
     "BOTH": 0.5, "CHNE": -0.9, "OOTH": 0.4, "UNCL": 0.2,
 }
 # Disadvantaged = FSM now, or FSM in the last six years (log-odds below), or ever in care.
-EVER6_NOT_NOW_LOG_ODDS = -2.8
+EVER6_NOT_NOW_LOG_ODDS = -2.55
 EVER6_PER_IDACI_LOGIT = 0.6
 EAL_BY_ETHNICITY = {
     "WBRI": 0.005, "WIRI": 0.03, "WIRT": 0.05, "WOTH": 0.75, "WROM": 0.8, "MWBC": 0.03, "MWBA": 0.15,
@@ -51,12 +51,12 @@ MOBILE_BASE, MOBILE_IF_FSM, MOBILE_IF_IN_CARE, MOBILE_IF_RECENT_ARRIVAL = 0.038,
 # Arrivals from overseas, by EAL: (recent share, earlier share, share of either from a country
 # with English as an official language). Recent = first admitted on/after 1 Sep of year-2;
 # a few more arrive in the summer just before that date (not discountable).
-ARRIVALS_IF_EAL = (0.038, 0.20, 0.12)
+ARRIVALS_IF_EAL = (0.038, 0.15, 0.12)
 ARRIVALS_IF_NOT_EAL = (0.002, 0.012, 0.85)
 ARRIVED_JUST_BEFORE_CUTOFF_SHARE = 0.1
 # Other pupils' first admission: reception start (+0-6 days), nursery a year earlier, or later.
 NURSERY_SHARE = 0.10
-LATER_ENTRY_SHARE = 0.06
+LATER_ENTRY_SHARE = 0.025
 MOBILE_LATER_ENTRY_SHARE = 0.4
 
 # Academic-year offsets for a cohort taking its key stage in the summer of `year`.
@@ -122,13 +122,13 @@ def draw_characteristics(rng: np.random.Generator, school: np.ndarray, schools, 
     birth_start = days(dt.date(year - BIRTH_YEAR_OFFSET[key_stage], 9, 1))
     birth_end = days(dt.date(year - BIRTH_YEAR_OFFSET[key_stage] + 1, 8, 31))
     date_of_birth = rng.integers(birth_start, birth_end + 1, n)
-    month = (np.datetime64("1970-01-01") + date_of_birth.astype("timedelta64[D]")).astype("datetime64[M]")
-    age_in_months = (8 - (month.astype(np.int64) % 12 + 1)) % 12
+    age_in_months = (8 - calendar_month(date_of_birth)) % 12  # September 11 .. August 0
 
     ethnicity = _ethnicity(rng, schools.ethnic_mix[school])
     eal = rng.random(n) < np.array([EAL_BY_ETHNICITY[g] for g in ETHNIC_GROUPS])[ethnicity]
 
-    idaci_logit = IDACI_LOGIT_MEAN + IDACI_PER_DEPRIVATION * schools.deprivation[school] + rng.normal(0, IDACI_LOGIT_SD, n)
+    idaci_logit = (IDACI_LOGIT_MEAN + IDACI_PER_DEPRIVATION * schools.deprivation[school]
+                   + rng.normal(0, IDACI_LOGIT_SD, n))
     idaci = np.round(np.clip(_logistic(idaci_logit), 0.001, 0.999), 3)
     ethnic_shift = np.array([FSM_ETHNIC_SHIFT.get(g, 0.0) for g in ETHNIC_GROUPS])[ethnicity]
     fsm_log_odds = (FSM_LOG_ODDS + FSM_PER_IDACI_LOGIT * (idaci_logit - IDACI_LOGIT_MEAN) + ethnic_shift

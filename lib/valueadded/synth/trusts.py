@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from valueadded.io.schemas import TRUST_MEMBERSHIP
+from valueadded.synth.dates import days, first_of_month
 from valueadded.synth.geography import LocalAuthorities
 from valueadded.synth.schools import NAME_STEMS, Schools
 
@@ -41,14 +42,6 @@ TRUST_KINDS = (
     "Schools Partnership", "Catholic Academy Trust", "Diocesan Academies Trust", "Academies",
 )
 
-EPOCH = dt.date(1970, 1, 1)
-
-
-def days(date: dt.date) -> int:
-    """Days since 1970-01-01 (the Arrow date32 value)."""
-    return (date - EPOCH).days
-
-
 @dataclass(frozen=True)
 class Trusts:
     """Trusts (one entry per trust) and memberships (one entry per school per spell)."""
@@ -60,11 +53,6 @@ class Trusts:
     join_days: np.ndarray  # int days since epoch
     leave_days: np.ndarray  # int days since epoch, -1 while still a member
     current_trust: np.ndarray  # per school: trust index at the end of the academic year, -1 if none
-
-
-def _first_of_month(day_numbers: np.ndarray) -> np.ndarray:
-    months = (np.datetime64("1970-01-01") + day_numbers.astype("timedelta64[D]")).astype("datetime64[M]")
-    return (months.astype("datetime64[D]") - np.datetime64("1970-01-01")).astype(np.int64)
 
 
 def _trust_names(rng: np.random.Generator, n: int, las: LocalAuthorities, home_la: np.ndarray) -> np.ndarray:
@@ -122,12 +110,12 @@ def build_trusts(schools: Schools, las: LocalAuthorities, year: int, scale: floa
     join = np.minimum(founded[member_trust] + delay, year_start - 1)
     this_year = rng.random(n) < JOINED_THIS_YEAR_SHARE
     join[this_year] = rng.integers(year_start, year_end - 31, this_year.sum())
-    join = _first_of_month(join)
+    join = first_of_month(join)
 
     # A few schools left: leave at the end of a month, at least a year after joining.
     left = (rng.random(n) < LEFT_TRUST_SHARE) & (join < year_start - 400)
     leave = np.full(n, -1, dtype=np.int64)
-    leave[left] = _first_of_month(rng.integers(join[left] + 400, year_end + 1)) - 1
+    leave[left] = first_of_month(rng.integers(join[left] + 400, year_end + 1)) - 1
     movers = np.flatnonzero(left & (rng.random(n) < REBROKERED_SHARE))
     new_trust = np.empty(len(movers), dtype=np.int64)
     for k, m in enumerate(movers):

@@ -4,8 +4,9 @@ Each outcome is a two-level random-intercept model: outcome = X beta + u_school 
 X holds the CVA terms below (named as the CVA model configuration names them), u_school is
 normal with variance sigma2_school (for a school in a trust, a trust effect shared by the trust's
 schools plus the school's own part, in the ratio TRUST_SHARE_OF_SCHOOL_VARIANCE), and e_pupil
-is normal with variance sigma2_pupil. KS2 has two outcomes (reading and maths scaled scores,
-correlated) and their average; KS4 has Attainment 8.
+is normal with variance sigma2_pupil (for A8 times a squared multiplier that shrinks towards the
+ends of the 0-90 scale, PUPIL_SD_PROFILE). KS2 has two outcomes (reading and maths scaled
+scores, correlated) and their average; KS4 has Attainment 8.
 
 Prior attainment effects are set on a standardised prior s = (prior_aps - centre) / spread and
 turned into coefficients on the raw terms, so the same effect sizes serve both KS1 eras.
@@ -31,11 +32,11 @@ PRIOR_SCALES = {"ks1_framework": (7.4, 1.6), "ks1_levels": (15.8, 4.0), "ks2_sca
 # pre-key-stage KS1 pupils mostly below the test; KS4 values are calibrated so that A8 means per
 # prior attainment group track DfE's 2024 table.
 PRIOR_CURVE = {
-    ("ks2_reading", "ks1_framework"): (106.6, 8.8, -1.44),
-    ("ks2_maths", "ks1_framework"): (105.6, 8.6, -1.30),
-    ("ks2_reading", "ks1_levels"): (106.6, 7.05, -0.36),
-    ("ks2_maths", "ks1_levels"): (105.6, 6.9, -0.30),
-    ("ks4_attainment8", "ks2_scaled"): (46.6, 14.9, 1.9),
+    ("ks2_reading", "ks1_framework"): (105.0, 7.0, -2.15),
+    ("ks2_maths", "ks1_framework"): (104.6, 7.2, -2.2),
+    ("ks2_reading", "ks1_levels"): (105.4, 6.5, -0.40),
+    ("ks2_maths", "ks1_levels"): (104.9, 6.4, -0.35),
+    ("ks4_attainment8", "ks2_scaled"): (48.14, 14.11, 1.83),
 }
 # Effect of a subject's prior minus the prior APS, per prior SD: (reading term, maths term).
 SUBJECT_DEVIATION = {
@@ -52,8 +53,8 @@ TYPICAL_SCHOOL_PRIOR_SD = 7.0
 #                     ks2_reading ks2_maths ks4_attainment8
 CHARACTERISTIC_EFFECTS = {
     "female":        (0.8, -0.9, 2.8),
-    "sen_support":   (-2.0, -1.8, -3.5),
-    "sen_plan":      (-3.2, -3.0, -6.0),
+    "sen_support":   (-2.3, -2.1, -3.5),
+    "sen_plan":      (-4.5, -4.2, -6.0),
     "fsm":           (-1.4, -1.3, -5.0),
     "mobile":        (-1.0, -1.0, -3.0),
     "age_in_months": (-0.08, -0.08, -0.10),
@@ -78,7 +79,12 @@ FSM_ETHNIC_INTERACTIONS = {
     "CHNE": (1.0, 1.0, 3.0), "OOTH": (0.9, 0.9, 3.0), "UNCL": (0.3, 0.3, 1.0),
 }
 # (school SD incl. trust part, pupil SD) of each outcome.
-STANDARD_DEVIATIONS = {"ks2_reading": (1.8, 6.0), "ks2_maths": (2.0, 5.6), "ks4_attainment8": (3.5, 11.5)}
+STANDARD_DEVIATIONS = {"ks2_reading": (1.8, 6.0), "ks2_maths": (2.0, 5.6), "ks4_attainment8": (3.0, 12.5)}
+# Pupil residual SD multiplier as a function of the pupil's conditional mean (X beta + school
+# effect), piecewise linear, flat beyond the ends. A8 residuals shrink towards the floor and
+# ceiling of the 0-90 scale, as in real data; with a constant SD ~4% of pupils would fall outside
+# 0-90. E[outcome | X, school] = X beta + school effect is unaffected.
+PUPIL_SD_PROFILE = {"ks4_attainment8": ((5.0, 0.2), (35.0, 1.0), (55.0, 1.0), (88.0, 0.1))}
 TRUST_SHARE_OF_SCHOOL_VARIANCE = 0.2
 KS2_SCHOOL_CORRELATION = 0.6  # between a school's reading and maths effects (own and trust parts)
 KS2_PUPIL_CORRELATION = 0.5  # between a pupil's reading and maths residuals
@@ -129,14 +135,23 @@ class OutcomeModel:
     coefficients: dict[str, float]
     sigma2_school: float
     sigma2_trust: float
-    sigma2_pupil: float
+    sigma2_pupil: float  # at SD multiplier 1 (see pupil_sd_profile)
+    pupil_sd_profile: tuple[tuple[float, float], ...] | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def beta(self) -> np.ndarray:
         return np.array([self.coefficients[t] for t in self.terms])
 
-    def to_json(self) -> dict:
+    def pupil_sd_multiplier(self, conditional_mean: np.ndarray) -> np.ndarray:
+        """Per pupil: multiplier of the pupil residual SD (1 unless the model has a profile)."""
+        if self.pupil_sd_profile is None:
+            return np.ones(len(conditional_mean))
+        at, multiplier = zip(*self.pupil_sd_profile)
+        return np.interp(conditional_mean, at, multiplier)
+
+    def to_json(self, mean_sd_multiplier_sq: float = 1.0) -> dict:
+        """The model as JSON; `mean_sd_multiplier_sq` is the cohort mean of the squared multiplier."""
         return {
             "outcome": self.outcome,
             "key_stage": self.key_stage,
@@ -145,7 +160,10 @@ class OutcomeModel:
             "sigma2_school": self.sigma2_school,
             "sigma2_trust": self.sigma2_trust,
             "sigma2_school_own_in_trust": self.sigma2_school - self.sigma2_trust,
-            "sigma2_pupil": self.sigma2_pupil,
+            "sigma2_pupil": self.sigma2_pupil * mean_sd_multiplier_sq,
+            "sigma2_pupil_at_multiplier_1": self.sigma2_pupil,
+            "pupil_sd_multiplier_by_conditional_mean": None if self.pupil_sd_profile is None else [
+                list(point) for point in self.pupil_sd_profile],
             "notes": self.notes,
         }
 
@@ -204,7 +222,7 @@ def build_model(outcome: str, prior_scale: str) -> OutcomeModel:
         coefficients={t: float(coefficients[t]) for t in terms},
         sigma2_school=school_sd_outcome**2,
         sigma2_trust=TRUST_SHARE_OF_SCHOOL_VARIANCE * school_sd_outcome**2,
-        sigma2_pupil=pupil_sd**2, notes=notes,
+        sigma2_pupil=pupil_sd**2, pupil_sd_profile=PUPIL_SD_PROFILE.get(outcome), notes=notes,
     )
 
 

@@ -1,0 +1,111 @@
+"""The whole release, end to end, on a small generated cohort, through the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+
+from valueadded.cli import main
+from valueadded.config import DEFAULT_RELEASE_CONFIG
+from valueadded.io.delta_store import TableStore
+from valueadded.io.schemas import PUPIL_RESULTS, REJECTED_ROWS, RUNS
+from valueadded.synth.cohort import generate_cohort
+
+YEAR, SEED, SCALE = 2024, 7, 0.02
+
+
+@pytest.fixture(scope="module")
+def released(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    manifest = generate_cohort(root / "input", year=YEAR, seed=SEED, scale=SCALE, files=2)
+    code = main(["release", "--input", str(root / "input"), "--output", str(root / "output"), "--year", str(YEAR), "--key-stage", "both", "--stage", "both"])
+    assert code == 0
+    return root, manifest, TableStore(spark, root / "output")
+
+
+def _input_rows(root, table, **equals):
+    frame = ds.dataset(str(root / "input" / table), format="parquet").to_table().to_pandas()
+    for column, value in equals.items():
+        frame = frame[frame[column] == value]
+    return frame
+
+
+def test_every_partition_written_and_every_pupil_accounted_for(released):
+    root, _, store = released
+    runs = store.read(RUNS).toPandas()
+    assert set(zip(runs.key_stage, runs.data_stage, runs.status)) == {
+        (ks, stage, "succeeded") for ks in ("ks2", "ks4") for stage in ("unvalidated", "validated")
+    }
+    for run in runs.itertuples():
+        counts = json.loads(run.row_counts_json)
+        assert all(check["holds"] for check in counts["reconciliation"].values())
+        pupils_in = len(_input_rows(root, "pupils", key_stage=run.key_stage))
+        written = store.read(PUPIL_RESULTS, YEAR, run.key_stage, run.data_stage).count()
+        rejected = store.read(REJECTED_ROWS, YEAR, run.key_stage, run.data_stage).where(F.col("source_table") == "pupils").count()
+        assert pupils_in == written + rejected
+        assert counts["pupil_results"]["rows"] == written
+        assert json.loads(run.input_fingerprints_json).keys() >= {"pupils", "schools", f"{run.key_stage}_results"}
+
+
+def test_data_stages_differ_exactly_by_checking_exercise_and_discounting(released):
+    root, _, store = released
+    for key_stage in ("ks2", "ks4"):
+        unvalidated = store.read(PUPIL_RESULTS, YEAR, key_stage, "unvalidated").toPandas().set_index("pupil_id")
+        validated = store.read(PUPIL_RESULTS, YEAR, key_stage, "validated").toPandas().set_index("pupil_id")
+        amendments = _input_rows(root, "amendments", key_stage=key_stage)
+        added = set(amendments[amendments.action == "add"].pupil_id) & set(unvalidated.index)
+        removed = set(amendments[amendments.action == "remove"].pupil_id) & set(validated.index)
+        assert added and removed, "the generated cohort should exercise both amendment kinds"
+        assert set(unvalidated[unvalidated.exclusion_reason == "added_at_checking"].index) == added
+        assert set(validated[validated.exclusion_reason == "removed_at_checking"].index) == removed
+        discounted = set(validated[validated.exclusion_reason == "discounted"].index)
+        assert discounted and discounted <= set(validated[validated.discountable].index)
+        # Unvalidated data counts discounted pupils; validated data does not.
+        assert "discounted" not in set(unvalidated.exclusion_reason.dropna())
+        counted = unvalidated.loc[list(discounted - added - removed)]
+        assert set(counted.exclusion_reason.dropna()) <= {"independent_school"}
+        assert counted.included.sum() > 0
+
+
+def test_rerun_replaces_its_partition_and_keeps_the_other(released, spark):
+    root, _, store = released
+    before = DeltaTable(str(store.path(PUPIL_RESULTS))).version()
+    validated_before = store.read(PUPIL_RESULTS, YEAR, "ks2", "validated").count()
+    unvalidated_rows = sorted(map(tuple, store.read(PUPIL_RESULTS, YEAR, "ks2", "unvalidated").toPandas().astype(str).values))
+    assert main(["release", "--input", str(root / "input"), "--output", str(root / "output"), "--year", str(YEAR), "--key-stage", "ks2", "--stage", "unvalidated"]) == 0
+    assert DeltaTable(str(store.path(PUPIL_RESULTS))).version() == before + 1
+    assert store.read(PUPIL_RESULTS, YEAR, "ks2", "validated").count() == validated_before
+    again = sorted(map(tuple, store.read(PUPIL_RESULTS, YEAR, "ks2", "unvalidated").toPandas().astype(str).values))
+    assert again == unvalidated_rows
+
+
+def test_bad_input_exit_codes(released, tmp_path):
+    root, _, _ = released
+    assert main(["release", "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out"), "--key-stage", "ks2"]) == 2
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        DEFAULT_RELEASE_CONFIG.read_text()
+        .replace("max_rejected_share: 0.01", "max_rejected_share: 0.0")
+        .replace("reference: ../reference/codes.yaml", f"reference: {DEFAULT_RELEASE_CONFIG.parent.parent / 'reference' / 'codes.yaml'}")
+    )
+    # One bad row in a copy of the input makes the strict run stop with exit code 3.
+    copy = tmp_path / "input"
+    shutil.copytree(root / "input", copy)
+    schools = ds.dataset(str(copy / "schools"), format="parquet").to_table()
+    shutil.rmtree(copy / "schools")
+    (copy / "schools").mkdir()
+    bad = schools.slice(0, 1).set_column(schools.schema.get_field_index("phase"), "phase", [["nursery"]])
+    pq.write_table(schools.slice(1).cast(schools.schema), copy / "schools" / "part-0.parquet")
+    pq.write_table(bad.cast(schools.schema), copy / "schools" / "part-1.parquet")
+    code = main(["release", "--input", str(copy), "--output", str(tmp_path / "out"), "--key-stage", "ks2", "--config", str(strict)])
+    assert code == 3
+    runs = TableStore(released[2].spark, tmp_path / "out").read(RUNS).toPandas()
+    # Both failed runs are in the run log, each with its reason.
+    assert list(runs.status) == ["failed", "failed"]
+    assert any("missing_file" in error for error in runs.error) and any("max_rejected_share" in error for error in runs.error)
