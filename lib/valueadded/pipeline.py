@@ -178,5 +178,7 @@ def run_release(
             log.exception("could not append the run to the runs table")
         for frame in release.frames.values():
             frame.unpersist()
+        if release.intake is not None:
+            release.intake.release()
     log.info(json.dumps({"run_id": record.run_id, "status": status, "row_counts": record.row_counts}))
     return record

@@ -27,7 +27,7 @@ from valueadded.io.schemas import SPARK_TYPES, TableSchema
 log = logging.getLogger(__name__)
 
 PARSE_ERRORS = "_parse_errors"  # array<string> of columns that failed to parse (CSV)
-ROW_JSON = "_row_json"  # the row as read, kept for rejected_rows
+RAW = "_raw"  # CSV only: struct of the row's raw text, kept for rejected_rows
 
 
 class StructuralInputError(ValueError):
@@ -92,8 +92,15 @@ def _summary(error: Exception) -> str:
     return lines[0][:400] if lines else type(error).__name__
 
 
-def _row_json(columns: list[str]) -> SparkColumn:
-    return F.to_json(F.struct(*[F.col(name) for name in columns]), {"ignoreNullFields": "false"})
+def row_json(frame: DataFrame, schema: TableSchema) -> SparkColumn:
+    """The row as JSON, for rejected_rows: the raw text of a CSV row, else the typed values.
+
+    Evaluated only on rejected rows: serialising every input row would cost more than
+    the whole validation.
+    """
+    if RAW in frame.columns:
+        return F.to_json(F.col(RAW), {"ignoreNullFields": "false"})
+    return F.to_json(F.struct(*[F.col(name) for name in schema.names]), {"ignoreNullFields": "false"})
 
 
 def _read_parquet(spark: SparkSession, source: InputFile, schema: TableSchema) -> DataFrame:
@@ -116,11 +123,7 @@ def _read_parquet(spark: SparkSession, source: InputFile, schema: TableSchema) -
     extra = sorted(set(found) - set(schema.names))
     if extra:
         log.info("%s: ignoring columns not in the contract: %s", source.path, extra)
-    return frame.select(
-        *schema.names,
-        F.array().cast("array<string>").alias(PARSE_ERRORS),
-        _row_json(schema.names).alias(ROW_JSON),
-    )
+    return frame.select(*schema.names, F.array().cast("array<string>").alias(PARSE_ERRORS))
 
 
 def _parse(raw: SparkColumn, column_type: str) -> SparkColumn:
@@ -155,7 +158,7 @@ def _read_csv(spark: SparkSession, source: InputFile, schema: TableSchema) -> Da
     return frame.select(
         *[_parse(F.col(c.name), c.type).alias(c.name) for c in schema.columns],
         (F.filter(F.array(*failed), lambda x: x.isNotNull()) if failed else F.array().cast("array<string>")).alias(PARSE_ERRORS),
-        _row_json(schema.names).alias(ROW_JSON),
+        F.struct(*[F.col(c.name) for c in schema.columns]).alias(RAW),
     )
 
 
@@ -165,7 +168,7 @@ def read_table(spark: SparkSession, source: InputFile, schema: TableSchema) -> t
     Returns:
         The frame (one row per input row: the contract's columns with the contract's
         types, then `_parse_errors`, the columns whose CSV text was not a valid value,
-        and `_row_json`) and its row count, which is the table's "rows in".
+        and for CSV `_raw`, the row's text) and its row count, the table's "rows in".
 
     Raises:
         StructuralInputError: the file is missing, unreadable, lacks a column, has a
@@ -174,9 +177,12 @@ def read_table(spark: SparkSession, source: InputFile, schema: TableSchema) -> t
     reader = _read_parquet if source.format == "parquet" else _read_csv
     frame = reader(spark, source, schema)
     try:
-        # Reading every column of every row (a plain count would skip parsing) makes a
-        # malformed CSV line fail here, not mid-release.
-        rows_in = frame.agg(F.count(F.lit(1)).alias("n"), F.max(F.length(ROW_JSON))).first()["n"]
+        if source.format == "csv":
+            # Reading every column of every row (a plain count would skip parsing) makes
+            # a malformed CSV line fail here, not mid-release.
+            rows_in = frame.agg(F.count(F.lit(1)).alias("n"), F.max(F.length(F.to_json(F.col(RAW))))).first()["n"]
+        else:
+            rows_in = frame.count()
     except (PySparkException, Py4JJavaError) as error:
         rule = "unreadable_csv" if source.format == "csv" else "unreadable_file"
         raise StructuralInputError(str(source.path), rule, _summary(error)) from error

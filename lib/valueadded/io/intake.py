@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from valueadded.config import CodeLists
 from valueadded.io import validate as rules
-from valueadded.io.inputs import PARSE_ERRORS, ROW_JSON, InputFile, fingerprint, locate, read_table
+from valueadded.io.inputs import PARSE_ERRORS, RAW, InputFile, fingerprint, locate, read_table, row_json
 from valueadded.io.schemas import (
     AMENDMENTS,
     INPUT_TABLES,
@@ -55,11 +55,17 @@ class Intake:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     files: dict[str, InputFile] = field(default_factory=dict)
+    cached: list[DataFrame] = field(default_factory=list)  # persisted frames, freed by release()
+
+    def release(self) -> None:
+        """Free the cached frames (a later run with the same plan must not reuse them)."""
+        for frame in self.cached:
+            frame.unpersist()
 
 
 def _split(frame: DataFrame) -> tuple[DataFrame, DataFrame]:
-    accepted = frame.where(F.size(rules.REASONS) == 0)
-    rejected = frame.where(F.size(rules.REASONS) > 0)
+    accepted = frame.where(rules.is_clean())
+    rejected = frame.where(~rules.is_clean())
     return accepted, rejected
 
 
@@ -74,13 +80,14 @@ def _with_known(frame: DataFrame, column: str, known_keys: DataFrame) -> DataFra
 
 
 def _rejected_rows(frame: DataFrame, source_table: str, has_pupil: bool, has_school: bool) -> DataFrame:
+    """rejected_rows columns; `row_json` shows results rows after any correction applied."""
     return frame.select(
         F.lit(source_table).alias("source_table"),
         (F.col("pupil_id") if has_pupil else F.lit(None).cast("string")).alias("pupil_id"),
         (F.col("school_id") if has_school else F.lit(None).cast("string")).alias("school_id"),
-        F.element_at(rules.REASONS, 1).alias("reason_code"),
-        F.array_join(rules.REASONS, ",").alias("all_reasons"),
-        F.col(ROW_JSON).alias("row_json"),
+        F.substring_index(F.col(rules.REASONS), ",", 1).alias("reason_code"),
+        F.col(rules.REASONS).alias("all_reasons"),
+        row_json(frame, INPUT_TABLES[source_table]).alias("row_json"),
     )
 
 
@@ -90,6 +97,45 @@ def _overlapping_spells(frame: DataFrame) -> DataFrame:
     previous_exists = F.lag("join_date").over(by_school).isNotNull()
     overlaps = previous_exists & (previous_leave.isNull() | (previous_leave > F.col("join_date")))
     return frame.withColumn("_overlaps_previous", F.coalesce(overlaps, F.lit(False)))
+
+
+PAIRING_COUNTS = ("_n_pupil_rows", "_n_results_rows", "_n_clean_pupil_rows", "_n_clean_results_rows")
+
+
+def _pairing_problems(pupils: DataFrame, results: DataFrame) -> DataFrame:
+    """Pupil ids that are not exactly one clean pupil row and one clean results row.
+
+    One row per such id, with its row counts and clean-row counts on each side.
+    """
+    clean = rules.is_clean()
+    sides = pupils.select("pupil_id", F.lit(1).alias("_p"), F.lit(0).alias("_r"), clean.cast("int").alias("_clean")).unionByName(
+        results.select("pupil_id", F.lit(0).alias("_p"), F.lit(1).alias("_r"), clean.cast("int").alias("_clean"))
+    )
+    counts = sides.groupBy("pupil_id").agg(
+        F.sum("_p").alias("_n_pupil_rows"),
+        F.sum("_r").alias("_n_results_rows"),
+        F.sum(F.col("_p") * F.col("_clean")).alias("_n_clean_pupil_rows"),
+        F.sum(F.col("_r") * F.col("_clean")).alias("_n_clean_results_rows"),
+    )
+    all_one = (F.col("_n_pupil_rows") == 1) & (F.col("_n_results_rows") == 1)
+    all_one = all_one & (F.col("_n_clean_pupil_rows") == 1) & (F.col("_n_clean_results_rows") == 1)
+    return counts.where(~all_one)
+
+
+def _with_pairing(frame: DataFrame, problems: DataFrame) -> DataFrame:
+    """Add the pairing counts; ids not among the problems are one clean row on each side."""
+    joined = frame.join(F.broadcast(problems), on="pupil_id", how="left")
+    return joined.select(
+        *[c for c in frame.columns],
+        *[F.coalesce(F.col(name), F.lit(1)).cast("long").alias(name) for name in PAIRING_COUNTS],
+    )
+
+
+def _unique_corrections(amendments_local: DataFrame) -> DataFrame:
+    """Corrections that pass their row-local rules and are the only one for their key."""
+    candidates = amendments_local.where((F.col("action") == "correct") & rules.is_clean())
+    unique = candidates.groupBy(*AMENDMENTS.key).agg(F.count(F.lit(1)).alias("_n")).where(F.col("_n") == 1).drop("_n")
+    return candidates.join(unique, on=list(AMENDMENTS.key), how="inner").select("pupil_id", "field", "new_value")
 
 
 def _new_value_invalid(codes: CodeLists, key_stage: str) -> F.Column:
@@ -117,7 +163,8 @@ def _apply_corrections(results: DataFrame, corrections: DataFrame, correctable: 
         for name in schema.names
     ]
     amended = F.greatest(*[F.col(f"_new_{name}").isNotNull() for name in correctable]) if correctable else F.lit(False)
-    return joined.select(*corrected, F.col(PARSE_ERRORS), F.col(ROW_JSON), amended.alias(AMENDED))
+    carried = [F.col(name) for name in (PARSE_ERRORS, RAW) if name in results.columns]
+    return joined.select(*corrected, *carried, amended.alias(AMENDED))
 
 
 def run_intake(
@@ -167,46 +214,68 @@ def run_intake(
     in_scope = F.col("key_stage").isNull() | (F.col("key_stage") == key_stage) | ~F.col("key_stage").isin(list(codes.key_stages))
     pupils_raw = raw["pupils"].where(in_scope)
     amendments_raw = raw["amendments"].where(in_scope)
-    pupil_ids_any = pupils_raw.select("pupil_id")
 
-    amendments = _with_known(_with_key_count(amendments_raw, AMENDMENTS.key), "pupil_id", pupil_ids_any)
+    results = raw[results_name]
+    if data_stage == "validated":
+        # Corrections come from amendments that pass their own row rules; whether the
+        # pupil exists is checked on the corrected results row itself.
+        amendments_local = rules.apply_rules(
+            amendments_raw.withColumn("_new_value_invalid", _new_value_invalid(codes, key_stage)),
+            rules.amendment_rules(codes, AMENDMENTS, key_stage, local_only=True),
+        )
+        corrections = _unique_corrections(amendments_local)
+        results = _apply_corrections(results, corrections, codes.correctable.get(key_stage, ()), key_stage)
+    else:
+        results = results.withColumn(AMENDED, F.lit(False))
+
+    # Row-local rules first, on each table separately (cached: used three times below).
+    pupils = rules.apply_rules(_with_known(pupils_raw, "school_id", school_ids), rules.pupil_rules(codes, PUPILS, year, key_stage, local_only=True))
+    results = rules.apply_rules(results, rules.results_rules(codes, key_stage, local_only=True))
+    cached = []
+
+    # Then one narrow aggregation per pupil id over both tables gives what the key and
+    # pairing rules need. Only ids that are not exactly one clean row on each side can
+    # break those rules; they are few, so they are broadcast to both tables instead of
+    # shuffling the wide rows.
+    problems = _pairing_problems(pupils, results).persist(StorageLevel.MEMORY_AND_DISK)
+    pupils = _with_pairing(pupils, problems)
+    results = _with_pairing(results, problems)
+    pupils = rules.apply_rules(pupils.withColumn(rules.KEY_COUNT, F.col("_n_pupil_rows")), [rules.duplicate_rule(PUPILS.key)], append=True)
+    results = rules.apply_rules(
+        results.withColumn(rules.KEY_COUNT, F.col("_n_results_rows")).withColumn(rules.KNOWN, F.col("_n_pupil_rows") > 0),
+        rules.results_rules(codes, key_stage, keyed_only=True),
+        append=True,
+    )
+    pupil_pair_ok = (F.col("_n_pupil_rows") == 1) & (F.col("_n_clean_pupil_rows") == 1)
+    results_pair_ok = (F.col("_n_results_rows") == 1) & (F.col("_n_clean_results_rows") == 1)
+    pupils = pupils.withColumn(
+        rules.REASONS,
+        F.when(~rules.is_clean(), F.col(rules.REASONS))
+        .when(F.col("_n_results_rows") == 0, F.lit("no_results_row"))
+        .when(~results_pair_ok, F.lit("results_row_rejected"))
+        .otherwise(F.col(rules.REASONS)),
+    )
+    results = results.withColumn(
+        rules.REASONS,
+        F.when(~rules.is_clean(), F.col(rules.REASONS))
+        .when(~pupil_pair_ok, F.lit("pupil_row_rejected"))
+        .otherwise(F.col(rules.REASONS)),
+    )
+
+    # Amendments are few: find which of their pupils exist with a broadcast semi-join.
+    amendment_ids = F.broadcast(amendments_raw.select("pupil_id").distinct())
+    known_ids = pupils_raw.select("pupil_id").join(amendment_ids, on="pupil_id", how="left_semi").distinct()
+    amendments = _with_known(_with_key_count(amendments_raw, AMENDMENTS.key), "pupil_id", known_ids)
     amendments = amendments.withColumn("_new_value_invalid", _new_value_invalid(codes, key_stage))
     amendments = rules.apply_rules(amendments, rules.amendment_rules(codes, AMENDMENTS, key_stage))
     amendments = amendments.persist(StorageLevel.MEMORY_AND_DISK)
     amendments_ok, amendments_bad = _split(amendments)
     rejected_parts.append(_rejected_rows(amendments_bad, "amendments", True, False))
 
-    results = raw[results_name]
-    correctable = codes.correctable.get(key_stage, ())
-    if data_stage == "validated":
-        corrections = amendments_ok.where(F.col("action") == "correct").select("pupil_id", "field", "new_value")
-        results = _apply_corrections(results, corrections, correctable, key_stage)
-    else:
-        results = results.withColumn(AMENDED, F.lit(False))
-    results = _with_known(_with_key_count(results, RESULTS_TABLE[key_stage].key), "pupil_id", pupil_ids_any)
-    results = rules.apply_rules(results, rules.results_rules(codes, key_stage))
-
-    pupils = _with_known(_with_key_count(pupils_raw, PUPILS.key), "school_id", school_ids)
-    pupils = rules.apply_rules(pupils, rules.pupil_rules(codes, PUPILS, year, key_stage))
-
-    # Pair each pupil row with its results row: both are accepted or neither is.
-    results_status = results.groupBy("pupil_id").agg(F.max(F.size(rules.REASONS) == 0).alias("_results_ok"))
-    pupil_status = pupils.groupBy("pupil_id").agg(F.max(F.size(rules.REASONS) == 0).alias("_pupil_ok"))
-    pupils = pupils.join(results_status, on="pupil_id", how="left").withColumn(
-        rules.REASONS,
-        F.when(F.size(rules.REASONS) > 0, F.col(rules.REASONS))
-        .when(F.col("_results_ok").isNull(), F.array(F.lit("no_results_row")))
-        .when(~F.col("_results_ok"), F.array(F.lit("results_row_rejected")))
-        .otherwise(F.col(rules.REASONS)),
-    )
-    results = results.join(pupil_status, on="pupil_id", how="left").withColumn(
-        rules.REASONS,
-        F.when(F.size(rules.REASONS) > 0, F.col(rules.REASONS))
-        .when(~F.coalesce(F.col("_pupil_ok"), F.lit(True)), F.array(F.lit("pupil_row_rejected")))
-        .otherwise(F.col(rules.REASONS)),
-    )
+    # Every later step reads these two; caching them means the rules run once.
     pupils = pupils.persist(StorageLevel.MEMORY_AND_DISK)
     results = results.persist(StorageLevel.MEMORY_AND_DISK)
+    cached += [pupils, results]
     pupils_ok, pupils_bad = _split(pupils)
     results_ok, results_bad = _split(results)
     rejected_parts.append(_rejected_rows(pupils_bad, "pupils", True, True))
@@ -238,7 +307,7 @@ def run_intake(
             "rows_accepted": in_scope_rows - rejected_rows,
         }
     return Intake(
-        schools=schools_ok.drop(rules.REASONS, rules.KEY_COUNT, PARSE_ERRORS, ROW_JSON),
+        schools=schools_ok.select(*SCHOOLS.names),
         trust_membership=trusts_ok.select(*TRUST_MEMBERSHIP.names),
         pupils=cohort,
         amendments=amendments_ok.select(*AMENDMENTS.names),
@@ -246,6 +315,7 @@ def run_intake(
         counts=counts,
         fingerprints={name: fingerprint(files[name]) for name in names},
         files=files,
+        cached=cached + [schools, problems, amendments, rejected],
     )
 
 

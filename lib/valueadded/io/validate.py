@@ -23,7 +23,7 @@ from valueadded.config import CodeLists
 from valueadded.io.inputs import PARSE_ERRORS
 from valueadded.io.schemas import KS2_RESULTS, KS4_RESULTS, TableSchema
 
-REASONS = "_reasons"  # array<string>: every rule the row broke, in catalogue order
+REASONS = "_reasons"  # string: every rule the row broke, comma-separated, in catalogue order; "" if none
 KEY_COUNT = "_key_count"  # rows sharing this row's key
 KNOWN = "_known"  # the row's reference (school or pupil) exists
 SCALED_SCORE_RANGE = (80, 120)
@@ -153,13 +153,14 @@ def trust_rules(schema: TableSchema) -> list[RowRule]:
     ]
 
 
-def pupil_rules(codes: CodeLists, schema: TableSchema, year: int, key_stage: str) -> list[RowRule]:
+def pupil_rules(codes: CodeLists, schema: TableSchema, year: int, key_stage: str, local_only: bool = False) -> list[RowRule]:
+    """Pupil rules; `local_only` leaves out the key rule, which needs every row of the id."""
     earliest_birth, latest_birth = birth_window(year, key_stage)
+    keyed = [] if local_only else [duplicate_rule(schema.key)]
     return [
         *missing_value_rules(schema),
         *unparseable_rules(schema),
         code_rule("key_stage", codes.key_stages),
-        duplicate_rule(schema.key),
         code_rule("gender", codes.genders),
         code_rule("sen", codes.sen),
         code_rule("ethnicity", codes.ethnicities),
@@ -172,12 +173,18 @@ def pupil_rules(codes: CodeLists, schema: TableSchema, year: int, key_stage: str
             | (_col("first_admission_date") > F.lit(f"{year}-08-31").cast("date")),
         ),
         unknown_reference_rule("unknown_school", "school_id must be an accepted row of schools"),
+        *keyed,
     ]
 
 
-def results_rules(codes: CodeLists, key_stage: str) -> list[RowRule]:
+def results_rules(codes: CodeLists, key_stage: str, local_only: bool = False, keyed_only: bool = False) -> list[RowRule]:
+    """Results rules: row-local ones, then the key and pupil-reference ones.
+
+    `local_only` gives the first group, `keyed_only` the second (they need every row of
+    the pupil id, in both tables); the default gives all, in order.
+    """
     schema = {"ks2": KS2_RESULTS, "ks4": KS4_RESULTS}[key_stage]
-    common = [*missing_value_rules(schema), *unparseable_rules(schema), duplicate_rule(schema.key)]
+    common = [*missing_value_rules(schema), *unparseable_rules(schema)]
     if key_stage == "ks2":
         specific = [
             *(code_rule(f"ks1_{subject}", codes.ks1_ta) for subject in ("reading", "writing", "maths")),
@@ -193,18 +200,25 @@ def results_rules(codes: CodeLists, key_stage: str) -> list[RowRule]:
             *scaled_score_rules("ks2_maths", codes),
             *(range_rule(name, *SLOT_POINTS_RANGE) for name in points),
         ]
-    reference = unknown_reference_rule("unknown_pupil", f"pupil_id must have a row in pupils for {key_stage}")
-    return [*common, *specific, reference]
+    keyed = [
+        duplicate_rule(schema.key),
+        unknown_reference_rule("unknown_pupil", f"pupil_id must have a row in pupils for {key_stage}"),
+    ]
+    if local_only:
+        return [*common, *specific]
+    if keyed_only:
+        return keyed
+    return [*common, *specific, *keyed]
 
 
-def amendment_rules(codes: CodeLists, schema: TableSchema, key_stage: str) -> list[RowRule]:
+def amendment_rules(codes: CodeLists, schema: TableSchema, key_stage: str, local_only: bool = False) -> list[RowRule]:
+    """Amendment rules; `local_only` leaves out the key and pupil-reference rules."""
     correctable = list(codes.correctable.get(key_stage, ()))
-    return [
+    local = [
         *missing_value_rules(schema),
         *unparseable_rules(schema),
         code_rule("key_stage", codes.key_stages),
         code_rule("action", codes.amendment_actions),
-        duplicate_rule(schema.key),
         RowRule(
             "incomplete_correction",
             "a correct amendment names a field and a new_value; remove and add name neither",
@@ -218,14 +232,34 @@ def amendment_rules(codes: CodeLists, schema: TableSchema, key_stage: str) -> li
             lambda: _col("field").isNotNull() & ~_col("field").isin(correctable),
         ),
         RowRule("invalid_new_value", "new_value must be a valid value of the field's type", lambda: _col("_new_value_invalid")),
+    ]
+    if local_only:
+        return local
+    return [
+        *local,
+        duplicate_rule(schema.key),
         unknown_reference_rule("unknown_pupil", f"pupil_id must have a row in pupils for {key_stage}"),
     ]
 
 
-def apply_rules(frame: DataFrame, rules: list[RowRule]) -> DataFrame:
-    """Add `_reasons`: the codes of every rule each row breaks, in rule order."""
+def is_clean() -> SparkColumn:
+    """True for a row that broke no rule."""
+    return F.col(REASONS) == F.lit("")
+
+
+def apply_rules(frame: DataFrame, rules: list[RowRule], append: bool = False) -> DataFrame:
+    """Set `_reasons` to the codes of every rule each row breaks, comma-separated, in rule order.
+
+    A plain string (concat_ws skips the rules not broken) rather than an array filtered
+    by a lambda: Spark may evaluate the expression once per later reference, and this
+    form compiles to straight-line code. With `append`, the codes follow the reasons the
+    row already has.
+    """
     broken = [F.when(F.coalesce(rule.broken(), F.lit(False)), F.lit(rule.reason)) for rule in rules]
-    return frame.withColumn(REASONS, F.filter(F.array(*broken), lambda reason: reason.isNotNull()))
+    if append:
+        existing = F.when(F.col(REASONS) != "", F.col(REASONS))
+        return frame.withColumn(REASONS, F.concat_ws(",", existing, *broken))
+    return frame.withColumn(REASONS, F.concat_ws(",", *broken))
 
 
 def rule_catalogue(codes: CodeLists, year: int = 2024) -> dict[str, list[RowRule]]:
