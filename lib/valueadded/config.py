@@ -53,12 +53,15 @@ class ReleaseConfig:
     shuffle_partitions: int
     codes: CodeLists
     source: str  # the file this configuration was loaded from
+    # Key stage -> name of a published national estimates table in
+    # conf/reference/published/ to apply instead of computing estimates (None: compute).
+    published_estimates: dict[str, str | None] = None  # type: ignore[assignment]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=list)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
@@ -70,7 +73,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return content
 
 
-def _check_keys(path: Path, content: dict[str, Any], expected: set[str]) -> None:
+def check_keys(path: Path, content: dict[str, Any], expected: set[str]) -> None:
+    """Raise ConfigError naming the file for any unknown or missing key."""
     unknown = sorted(set(content) - expected)
     missing = sorted(expected - set(content))
     if unknown:
@@ -86,9 +90,9 @@ def _string_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
 
 
 def load_code_lists(path: Path) -> CodeLists:
-    content = _read_yaml(path)
+    content = read_yaml(path)
     names = {f.name for f in fields(CodeLists)}
-    _check_keys(path, content, names)
+    check_keys(path, content, names)
     values: dict[str, Any] = {}
     for name in names - {"correctable"}:
         values[name] = _string_list(path, name, content[name])
@@ -105,8 +109,8 @@ def load_code_lists(path: Path) -> CodeLists:
 def load_release_config(path: str | Path | None = None) -> ReleaseConfig:
     """Load and validate a release configuration (default: conf/releases/default.yaml)."""
     path = Path(path) if path is not None else DEFAULT_RELEASE_CONFIG
-    content = _read_yaml(path)
-    _check_keys(path, content, {"max_rejected_share", "shuffle_partitions", "reference"})
+    content = read_yaml(path)
+    check_keys(path, content, {"max_rejected_share", "shuffle_partitions", "reference", "published_estimates"})
     share = content["max_rejected_share"]
     if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
         raise ConfigError(f"{path}: max_rejected_share must be a number from 0 to 1, got {share!r}")
@@ -114,9 +118,29 @@ def load_release_config(path: str | Path | None = None) -> ReleaseConfig:
     if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
         raise ConfigError(f"{path}: shuffle_partitions must be a positive integer, got {partitions!r}")
     codes = load_code_lists((path.parent / str(content["reference"])).resolve())
+    published = content["published_estimates"] or {}
+    if not isinstance(published, dict) or set(published) - set(codes.key_stages):
+        raise ConfigError(f"{path}: published_estimates must map key stages {list(codes.key_stages)} to a table name or null")
+    for key_stage, name in published.items():
+        if name is not None and not (REPO_CONF_DIR / "reference" / "published" / str(name)).is_dir():
+            raise ConfigError(f"{path}: published_estimates.{key_stage}: no table {name!r} in {REPO_CONF_DIR / 'reference' / 'published'}")
     return ReleaseConfig(
         max_rejected_share=float(share),
         shuffle_partitions=partitions,
         codes=codes,
         source=str(path.resolve()),
+        published_estimates={key_stage: published.get(key_stage) for key_stage in codes.key_stages},
     )
+
+
+def load_year_tables(key_stage: str, year: int) -> tuple[Path, dict[str, Any]]:
+    """The year's reference tables for a key stage: conf/reference/<key_stage>/<year>.yaml.
+
+    Each key stage's measures module turns the mapping into its own frozen dataclass
+    (and checks its keys with `check_keys`).
+    """
+    path = REPO_CONF_DIR / "reference" / key_stage / f"{year}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"{path}: no {key_stage} reference tables for {year}; years available: {available}")
+    return path, read_yaml(path)

@@ -281,10 +281,11 @@ def test_rejected_share_threshold():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\ntypo: 1\n", "unknown key"),
-        ("max_rejected_share: 2\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\n", "from 0 to 1"),
-        ("max_rejected_share: 0.01\nreference: ../reference/codes.yaml\n", "missing key"),
-        ("max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: nowhere.yaml\n", "not found"),
+        ("max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\npublished_estimates: null\ntypo: 1\n", "unknown key"),
+        ("max_rejected_share: 2\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\npublished_estimates: null\n", "from 0 to 1"),
+        ("max_rejected_share: 0.01\nreference: ../reference/codes.yaml\npublished_estimates: null\n", "missing key"),
+        ("max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: nowhere.yaml\npublished_estimates: null\n", "not found"),
+        ("max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\npublished_estimates: {ks4: no-such-table}\n", "no table"),
     ],
 )
 def test_bad_configuration_is_named(tmp_path, text, message):

@@ -252,6 +252,72 @@ PUPIL_RESULTS = TableSchema(
         Column("amended", "boolean", False, "A checking-exercise correction was applied to this pupil's results (validated stage only)."),
         Column("included", "boolean", False, "Counted in the school's measures for this data stage."),
         Column("exclusion_reason", "string", True, "Why not included (null when included)."),
+        Column("prior_attainment", "double", True, "Prior attainment score: KS1 average point score (KS2) or KS2 average scaled score (KS4); null when the pupil has none, or before the key stage's measures run."),
+        Column("prior_attainment_group", "int", True, "Prior attainment group (PAG) from the year's boundaries in conf/; null when no prior attainment."),
+    ),
+)
+
+PUPIL_PROGRESS = TableSchema(
+    name="pupil_progress",
+    grain="one row per pupil per progress subject (KS2 reading, writing, maths; KS4 Progress 8 and its elements)",
+    description="Restricted: each pupil's progress in each subject, with the estimate it was measured against.",
+    partition_by=PARTITION_NAMES,
+    audience="restricted",
+    key=("academic_year", "key_stage", "data_stage", "pupil_id", "subject"),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("pupil_id", "string", False, "Pupil identifier."),
+        Column("school_id", "string", False, "School URN."),
+        Column("subject", "string", False, "Subject or Progress 8 element."),
+        Column("prior_attainment_group", "int", True, "Prior attainment group."),
+        Column("outcome", "double", True, "The outcome measured: scaled score or nominal score (KS2), Attainment 8 or element points (KS4)."),
+        Column("in_progress", "boolean", False, "The pupil has a progress score in this subject."),
+        Column("in_national", "boolean", False, "The pupil counts towards the national estimates (state-funded mainstream)."),
+        Column("exclusion_reason", "string", True, "Why the pupil has no progress score in this subject (null when in_progress)."),
+        Column("estimate", "double", True, "National estimate for the pupil's group and subject."),
+        Column("progress", "double", True, "(outcome - estimate) / divisor, before the extreme-negative adjustment."),
+        Column("capped", "boolean", False, "The score was raised to the group's cap (extreme negative)."),
+        Column("adjusted_progress", "double", True, "Progress after the extreme-negative adjustment; used for school scores."),
+    ),
+)
+
+NATIONAL_ESTIMATES = TableSchema(
+    name="national_estimates",
+    grain="one row per subject per prior attainment group",
+    description="The national estimates pupils are measured against, with the extreme-negative caps.",
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "subject", "prior_attainment_group"),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("subject", "string", False, "Subject or Progress 8 element."),
+        Column("prior_attainment_group", "int", False, "Prior attainment group."),
+        Column("source", "string", False, "computed (from this run's pupils) or the published table applied (e.g. published:dfe-ks4-2024)."),
+        Column("n", "int", True, "Pupils behind a computed estimate (state-funded mainstream, included); null for a published one."),
+        Column("estimate", "double", False, "Mean (or legacy median) outcome of the group."),
+        Column("outcome_sd", "double", True, "Standard deviation of the group's outcomes."),
+        Column("progress_mean", "double", True, "Mean pupil progress in the group (0 for computed mean estimates)."),
+        Column("progress_sd", "double", True, "Standard deviation of pupil progress in the group."),
+        Column("cap", "double", True, "Lowest adjusted progress score in the group: mean + z* x SD."),
+    ),
+)
+
+SCHOOL_MEASURES = TableSchema(
+    name="school_measures",
+    grain="one row per school per measure",
+    description="School progress scores with 95% intervals and bands, and attainment measures.",
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "school_id", "measure"),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("school_id", "string", False, "School URN."),
+        Column("measure", "string", False, "Measure name, e.g. progress_reading, progress_8, pct_expected_rwm, average_scaled_score_maths."),
+        Column("n", "int", False, "Pupils behind the figure."),
+        Column("score", "double", True, "The school's figure: mean adjusted progress, a percentage, or an average."),
+        Column("lower", "double", True, "Lower limit of the 95% confidence interval (progress measures)."),
+        Column("upper", "double", True, "Upper limit of the 95% confidence interval (progress measures)."),
+        Column("band", "string", True, "well_above, above, average, below or well_below (progress measures)."),
     ),
 )
 
@@ -295,4 +361,4 @@ RUNS = TableSchema(
     ),
 )
 
-OUTPUT_TABLES = {t.name: t for t in (PUPIL_RESULTS, REJECTED_ROWS, RUNS)}
+OUTPUT_TABLES = {t.name: t for t in (PUPIL_RESULTS, PUPIL_PROGRESS, NATIONAL_ESTIMATES, SCHOOL_MEASURES, REJECTED_ROWS, RUNS)}

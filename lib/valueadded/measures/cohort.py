@@ -103,6 +103,9 @@ def build_pupil_table(
         .withColumn("discountable", discountable(year))
         .withColumn("exclusion_reason", reason)
         .withColumn("included", F.col("exclusion_reason").isNull())
+        # Filled in by the key stage's measure stage.
+        .withColumn("prior_attainment", F.lit(None).cast("double"))
+        .withColumn("prior_attainment_group", F.lit(None).cast("int"))
     )
     contract = PUPIL_RESULTS.names
     extra = [c for c in table.columns if c not in contract and not c.startswith("_")]
