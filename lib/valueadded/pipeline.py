@@ -29,6 +29,7 @@ from valueadded.io.delta_store import TableStore
 from valueadded.io.intake import Intake, check_rejected_share, run_intake
 from valueadded.io.runlog import RunRecord
 from valueadded.io.schemas import PUPIL_RESULTS, REJECTED_ROWS, RUNS, TableSchema
+from valueadded.measures import ks2
 from valueadded.measures.cohort import build_pupil_table
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def stage_write(release: Release) -> None:
 
 
 # Measures register their stages here, per key stage, in the order they run.
-MEASURE_STAGES: dict[str, list[Stage]] = {"ks2": [], "ks4": []}
+MEASURE_STAGES: dict[str, list[Stage]] = {"ks2": [("ks2_measures", ks2.stage_measures)], "ks4": []}
 
 
 def stages_for(key_stage: str) -> list[Stage]:

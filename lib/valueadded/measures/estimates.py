@@ -31,6 +31,7 @@ The rules, in order:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
@@ -125,7 +126,7 @@ def extreme_negative_caps(progressed: DataFrame, share: float) -> tuple[DataFram
     subject_sizes = {row["subject"]: row["n"] for row in national.groupBy("subject").agg(F.count(F.lit(1)).alias("n")).collect()}
     z_star: dict[str, float] = {}
     for subject, n in sorted(subject_sizes.items()):
-        k = int(round(share * n))
+        k = int(math.floor(share * n + 0.5))  # round half up (Python's round() goes to even)
         if k == 0:
             continue
         # The K smallest z of the subject, ordered on the driver: K is about 1% of a year

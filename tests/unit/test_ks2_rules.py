@@ -1,0 +1,147 @@
+"""KS2 methodology rules as scenario tables a statistician can read (tests/scenarios/ks2/)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from valueadded.measures import estimates
+from valueadded.measures.inclusion import subject_test_outcome, writing_outcome
+from valueadded.measures.ks2 import load_tables
+from valueadded.measures.prior_attainment import ks1_start_point, prior_attainment_group
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios" / "ks2"
+TABLES = load_tables(2024)
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    with (SCENARIOS / name).open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _none(value: str) -> str | None:
+    return value if value != "" else None
+
+
+def test_ks1_conversions_and_average_point_score(spark):
+    rows = _rows("ks1_start_point.csv")
+    frame = spark.createDataFrame(
+        [(r["case"], _none(r["ks1_reading"]), _none(r["ks1_writing"]), _none(r["ks1_maths"])) for r in rows],
+        "case string, ks1_reading string, ks1_writing string, ks1_maths string",
+    )
+    aps, reason = ks1_start_point(TABLES.ks1_points, TABLES.ks1_no_result)
+    got = {r.case: (r.aps, r.reason) for r in frame.select("case", aps.alias("aps"), reason.alias("reason")).collect()}
+    for r in rows:
+        expected_aps = float(r["expected_aps"]) if r["expected_aps"] else None
+        assert got[r["case"]] == (expected_aps, _none(r["expected_reason"])), r["case"]
+
+
+def test_prior_attainment_group_boundaries(spark):
+    rows = _rows("groups.csv")
+    frame = spark.createDataFrame([(r["case"], float(r["aps"])) for r in rows], "case string, aps double")
+    group = prior_attainment_group(F.col("aps"), TABLES.group_lower_bounds)
+    got = {r.case: r.group for r in frame.select("case", group.alias("group")).collect()}
+    assert got == {r["case"]: int(r["expected_group"]) for r in rows}
+
+
+def test_nominal_scores_and_subject_exclusions(spark):
+    rows = _rows("outcomes.csv")
+    schema = (
+        "case string, subject string, reading_test_code string, reading_scaled_score int, reading_ta string, reading_pscale string, "
+        "maths_test_code string, maths_scaled_score int, maths_ta string, maths_pscale string, writing_ta string, writing_pscale string"
+    )
+    data = []
+    for r in rows:
+        values = {f"{s}_{c}": None for s in ("reading", "maths") for c in ("test_code", "scaled_score", "ta", "pscale")}
+        values.update(writing_ta=None, writing_pscale=None)
+        if r["subject"] == "writing":
+            values.update(writing_ta=_none(r["ta"]), writing_pscale=_none(r["pscale"]))
+        else:
+            s = r["subject"]
+            values.update({f"{s}_test_code": r["test_code"], f"{s}_scaled_score": int(r["scaled_score"]) if r["scaled_score"] else None,
+                           f"{s}_ta": _none(r["ta"]), f"{s}_pscale": _none(r["pscale"])})
+        data.append((r["case"], r["subject"], *[values[name.split()[0]] for name in schema.split(", ")[2:]]))
+    frame = spark.createDataFrame(data, schema)
+    columns = {}
+    for subject in ("reading", "maths"):
+        columns[subject] = subject_test_outcome(subject, TABLES.nominal, TABLES.excluded_test_codes)
+    columns["writing"] = writing_outcome(TABLES.writing_points, TABLES.nominal, TABLES.excluded_writing_ta)
+    outcome = F.lit(None).cast("double")
+    reason = F.lit(None).cast("string")
+    for subject, (subject_outcome, subject_reason) in columns.items():
+        outcome = F.when(F.col("subject") == subject, subject_outcome).otherwise(outcome)
+        reason = F.when(F.col("subject") == subject, subject_reason).otherwise(reason)
+    got = {r.case: (r.outcome, r.reason) for r in frame.select("case", outcome.alias("outcome"), reason.alias("reason")).collect()}
+    for r in rows:
+        expected = float(r["expected_outcome"]) if r["expected_outcome"] else None
+        assert got[r["case"]] == (expected, _none(r["expected_reason"])), r["case"]
+
+
+# A worked example: one subject, two groups of ten pupils, 10% capped (K = round(0.1 x 20) = 2).
+# Group 1 outcomes average 100, group 2 average 110, so progress = outcome - 100 or - 110.
+# SD of progress: group 1 sqrt(242/9) = 5.18545, group 2 sqrt(362/9) = 6.34210.
+# The two lowest z are -10/5.18545 = -1.92848 (group 1) and -10/6.34210 = -1.57676 (group 2),
+# so z* = -1.57676; only the group 1 pupil with z < z* is capped, to 0 + z* x 5.18545 = -8.17623.
+GROUP_1 = [90, 96, 98, 99, 100, 100, 101, 102, 104, 110]
+GROUP_2 = [100, 105, 106, 108, 110, 110, 111, 112, 114, 124]
+WORKED_RULES = estimates.ProgressRules(estimate_method="mean", extreme_share=0.1, divisors={}, well_thresholds={"reading": 3.0})
+
+
+def _worked_long(spark):
+    rows = [(f"g1p{i}", "A" if i < 5 else "B", "reading", 1, float(v), True, True) for i, v in enumerate(GROUP_1)]
+    rows += [(f"g2p{i}", "A" if i < 5 else "B", "reading", 2, float(v), True, True) for i, v in enumerate(GROUP_2)]
+    return spark.createDataFrame(
+        rows, "pupil_id string, school_id string, subject string, prior_attainment_group int, outcome double, in_progress boolean, in_national boolean"
+    )
+
+
+def test_estimate_progress_and_cap_worked_by_hand(spark):
+    result = estimates.progress_measures(_worked_long(spark), WORKED_RULES)
+    by_group = {r.prior_attainment_group: r for r in result["estimates"].collect()}
+    assert (by_group[1].n, by_group[1].estimate, by_group[2].estimate) == (10, 100.0, 110.0)
+    assert by_group[1].progress_sd == pytest.approx(math.sqrt(242 / 9), abs=1e-9)
+    assert result["z_star"]["reading"] == pytest.approx(-10 / math.sqrt(362 / 9), abs=1e-9)
+    assert by_group[1].cap == pytest.approx(-8.17623, abs=1e-5)
+    pupils = {r.pupil_id: r for r in result["pupils"].collect()}
+    assert pupils["g1p0"].progress == -10.0 and pupils["g1p0"].capped and pupils["g1p0"].adjusted_progress == pytest.approx(-8.17623, abs=1e-5)
+    assert pupils["g2p0"].progress == -10.0 and not pupils["g2p0"].capped and pupils["g2p0"].adjusted_progress == -10.0
+    assert sum(p.capped for p in pupils.values()) == 1
+    assert pupils["g2p9"].progress == 14.0
+    # School A: adjusted progress of its ten pupils averages (-8.17623 - 7 - 21) / 10.
+    schools = {r.school_id: r for r in result["schools"].collect()}
+    assert schools["A"].n == 10 and schools["A"].score == pytest.approx(-3.617623, abs=1e-6)
+
+
+def test_median_line_option(spark):
+    median_rules = estimates.ProgressRules(estimate_method="median", extreme_share=0.0, divisors={}, well_thresholds={})
+    result = estimates.progress_measures(_worked_long(spark), median_rules)
+    by_group = {r.prior_attainment_group: r.estimate for r in result["estimates"].collect()}
+    assert by_group == {1: 100.0, 2: 110.0}  # medians of the ten outcomes
+    assert result["z_star"] == {}
+
+
+# School intervals and bands: national SD 5, threshold 3, z = 1.96.
+# half-width = 1.96 x 5 / sqrt(n).
+BAND_CASES = [
+    ("S1", 25, 2.0, 0.04, 3.96, "above"),
+    ("S2", 100, 3.5, 2.52, 4.48, "well_above"),
+    ("S3", 4, -4.0, -8.9, 0.9, "average"),
+    ("S4", 25, -3.0, -4.96, -1.04, "well_below"),
+    ("S5", 25, -2.5, -4.46, -0.54, "below"),
+    ("S6", 16, 3.0, 0.55, 5.45, "well_above"),
+]
+
+
+def test_school_interval_and_band_worked_by_hand(spark):
+    rows = [(school, "reading", score) for school, n, score, *_ in BAND_CASES for _ in range(n)]
+    adjusted = spark.createDataFrame(rows, "school_id string, subject string, adjusted_progress double")
+    national_sd = spark.createDataFrame([("reading", 5.0)], "subject string, national_sd double")
+    got = {r.school_id: r for r in estimates.school_scores(adjusted, national_sd, WORKED_RULES).collect()}
+    for school, n, score, lower, upper, band in BAND_CASES:
+        row = got[school]
+        assert (row.n, row.band) == (n, band), school
+        assert (row.score, row.lower, row.upper) == pytest.approx((score, lower, upper), abs=1e-9), school
