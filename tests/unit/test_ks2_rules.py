@@ -145,3 +145,15 @@ def test_school_interval_and_band_worked_by_hand(spark):
         row = got[school]
         assert (row.n, row.band) == (n, band), school
         assert (row.score, row.lower, row.upper) == pytest.approx((score, lower, upper), abs=1e-9), school
+
+
+def test_group_with_identical_progress_is_never_capped(spark):
+    # Group 3's two pupils share one outcome: SD 0, so no z and no cap, and no error.
+    same = spark.createDataFrame(
+        [("g3p0", "C", "reading", 3, 95.0, True, True), ("g3p1", "C", "reading", 3, 95.0, True, True)],
+        "pupil_id string, school_id string, subject string, prior_attainment_group int, outcome double, in_progress boolean, in_national boolean",
+    )
+    result = estimates.progress_measures(_worked_long(spark).unionByName(same), WORKED_RULES)
+    pupils = {r.pupil_id: r for r in result["pupils"].collect()}
+    assert not pupils["g3p0"].capped and pupils["g3p0"].adjusted_progress == 0.0
+    assert sum(p.capped for p in pupils.values()) == 1

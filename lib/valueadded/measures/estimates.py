@@ -120,8 +120,10 @@ def extreme_negative_caps(progressed: DataFrame, share: float) -> tuple[DataFram
     group_stats = national.groupBy("subject", "prior_attainment_group").agg(
         F.mean("progress").alias("progress_mean"), F.stddev_samp("progress").alias("progress_sd")
     )
+    # A group whose pupils all have the same progress has SD 0: no z, never capped
+    # (and no division by zero, which ANSI mode would raise).
     with_z = national.join(group_stats, on=["subject", "prior_attainment_group"], how="inner").withColumn(
-        "z", (F.col("progress") - F.col("progress_mean")) / F.col("progress_sd")
+        "z", F.when(F.col("progress_sd") > 0, (F.col("progress") - F.col("progress_mean")) / F.col("progress_sd"))
     )
     subject_sizes = {row["subject"]: row["n"] for row in national.groupBy("subject").agg(F.count(F.lit(1)).alias("n")).collect()}
     z_star: dict[str, float] = {}
