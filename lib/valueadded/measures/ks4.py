@@ -1,0 +1,280 @@
+"""KS2 to KS4: Attainment 8, Progress 8 and its elements, and EBacc subject value added.
+
+The stage `stage_measures` runs after the pupil table (one row per accepted KS4 pupil,
+with `included` and `exclusion_reason`) and writes `pupil_results` (with KS2 prior
+attainment and its group filled), `pupil_progress`, `national_estimates` and
+`school_measures`.
+
+Attainment 8 (A8) from the eight slot points of `ks4_results` (each 0-9):
+English element = 2 x english_points, maths element = 2 x maths_points (double-weighted),
+EBacc element = ebacc_1 + ebacc_2 + ebacc_3, open element = open_1 + open_2 + open_3;
+A8 = the sum of the four elements (0-90).
+
+Progress subjects (`subject` in the outputs), each with its outcome and divisor (the
+year tables): `progress_8` (A8, /10), `english` (/2), `maths` (/2), `ebacc` (/3), `open`
+(/3), and EBacc subject value added `ebacc_science`, `ebacc_humanities`,
+`ebacc_languages` (the best points in the subject area, not divided, as DfE's ready
+reckoner; a pupil with null points was not entered and is not in that subject's measure).
+
+Who gets a score in a subject (`in_progress`): a pupil included in the pupil table, with
+KS2 prior attainment (ks4_prior_attainment.py), entered in the subject. Who counts in the
+national estimates (`in_national`): those of them in state-funded mainstream schools;
+pupils in special schools get scores but do not shape the estimates. Every pupil of the
+pupil table has one `pupil_progress` row per subject; a pupil without a score has the
+first reason that applies: the pupil-level exclusion reason, `no_prior_attainment`,
+`not_entered` (EBacc subjects), or `no_national_estimate` (a group no state-funded
+mainstream pupil is in, when estimates are computed).
+
+Estimates are computed from this run's pupils (source `computed`: group means, with n
+and SD) or applied from a published table named in the release configuration
+(`published_estimates.ks4`; source `published:<name>`, n null, intervals from the
+published SDs). Progress, the extreme-negative adjustment, school scores, intervals and
+bands are those of estimates.py. `school_measures` also has `attainment_8`: the mean A8
+of each school's included pupils (with or without prior attainment), with n.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from valueadded.io.schemas import NATIONAL_ESTIMATES, PUPIL_PROGRESS, PUPIL_RESULTS, SCHOOL_MEASURES
+from valueadded.measures.estimates import (
+    ProgressRules,
+    adjust_extreme_negatives,
+    extreme_negative_caps,
+    national_estimate_rows,
+    national_estimates,
+    national_progress_sd,
+    pupil_progress,
+    pupil_progress_rows,
+    school_progress_rows,
+    school_scores,
+)
+from valueadded.measures.ks4_prior_attainment import NO_PRIOR_ATTAINMENT, ks2_prior_attainment, prior_attainment_group
+from valueadded.measures.ks4_tables import KS4_SUBJECTS, KS4YearTables, load_ks4_tables
+from valueadded.measures.published import check_applies, estimates_frame, load_published_estimates
+
+log = logging.getLogger(__name__)
+
+KEY_STAGE = "ks4"
+COMPUTED_SOURCE = "computed"
+NOT_ENTERED = "not_entered"
+NO_NATIONAL_ESTIMATE = "no_national_estimate"
+NATIONAL_PROVISION, NATIONAL_SECTOR = "mainstream", "state_funded"
+ATTAINMENT_8_MEASURE = "attainment_8"
+PROGRESS_8_MEASURE = "progress_8"
+ELEMENT_SUBJECTS = ("english", "maths", "ebacc", "open")
+EBACC_SUBJECT_POINTS = {
+    "ebacc_science": "science_points",
+    "ebacc_humanities": "humanities_points",
+    "ebacc_languages": "languages_points",
+}
+
+
+def element_points() -> dict[str, Column]:
+    """Attainment 8 element points per pupil, from the slot columns of ks4_results."""
+    return {
+        "english": F.col("english_points") * 2,
+        "maths": F.col("maths_points") * 2,
+        "ebacc": F.col("ebacc_1_points") + F.col("ebacc_2_points") + F.col("ebacc_3_points"),
+        "open": F.col("open_1_points") + F.col("open_2_points") + F.col("open_3_points"),
+    }
+
+
+def with_attainment_and_prior(pupils: DataFrame, tables: KS4YearTables) -> DataFrame:
+    """Fill prior_attainment and prior_attainment_group; add attainment_8 and <element>_element.
+
+    Args:
+        pupils: the pupil table (one row per pupil, with the ks4_results columns).
+
+    Returns:
+        The same rows and columns (PUPIL_RESULTS first), with the two prior attainment
+        columns filled and five more columns at the end.
+    """
+    prior = ks2_prior_attainment(tables)
+    elements = element_points()
+    attainment_8 = elements["english"] + elements["maths"] + elements["ebacc"] + elements["open"]
+    return (
+        pupils.withColumn("prior_attainment", prior)
+        .withColumn("prior_attainment_group", prior_attainment_group(F.col("prior_attainment"), tables.prior_attainment_groups))
+        .select(
+            "*",
+            *(points.cast("double").alias(f"{element}_element") for element, points in elements.items()),
+            attainment_8.cast("double").alias("attainment_8"),
+        )
+    )
+
+
+def _subject_entry(subject: str) -> Column:
+    """struct(subject, outcome, entered) of one subject for one pupil."""
+    if subject == "progress_8":
+        outcome, entered = F.col("attainment_8"), F.lit(True)
+    elif subject in ELEMENT_SUBJECTS:
+        outcome, entered = F.col(f"{subject}_element"), F.lit(True)
+    else:
+        points = F.col(EBACC_SUBJECT_POINTS[subject])
+        outcome, entered = points, points.isNotNull()
+    return F.struct(F.lit(subject).alias("subject"), outcome.cast("double").alias("outcome"), entered.alias("entered"))
+
+
+def progress_long_frame(pupils: DataFrame) -> DataFrame:
+    """One row per pupil per KS4 subject: the long frame of estimates.py, with exclusion_reason.
+
+    Args:
+        pupils: with_attainment_and_prior() output.
+    """
+    entries = F.explode(F.array(*(_subject_entry(subject) for subject in KS4_SUBJECTS)))
+    exploded = pupils.select(
+        "pupil_id", "school_id", "prior_attainment_group", "included", "exclusion_reason", "school_provision",
+        "school_sector", entries.alias("entry"),
+    )
+    has_prior = F.col("prior_attainment_group").isNotNull()
+    in_progress = F.col("included") & has_prior & F.col("entry.entered")
+    national_school = (F.col("school_provision") == NATIONAL_PROVISION) & (F.col("school_sector") == NATIONAL_SECTOR)
+    reason = (
+        F.when(~F.col("included"), F.col("exclusion_reason"))
+        .when(~has_prior, F.lit(NO_PRIOR_ATTAINMENT))
+        .when(~F.col("entry.entered"), F.lit(NOT_ENTERED))
+    )
+    return exploded.select(
+        "pupil_id",
+        "school_id",
+        F.col("entry.subject").alias("subject"),
+        "prior_attainment_group",
+        F.col("entry.outcome").alias("outcome"),
+        in_progress.alias("in_progress"),
+        (in_progress & national_school).alias("in_national"),
+        reason.alias("exclusion_reason"),
+    )
+
+
+def _without_estimate_is_excluded(pupils: DataFrame) -> DataFrame:
+    """A pupil in a group with no estimate has no score: say so instead of a silent null."""
+    unestimated = F.col("in_progress") & F.col("estimate").isNull()
+    return pupils.withColumn("exclusion_reason", F.when(unestimated, F.lit(NO_NATIONAL_ESTIMATE)).otherwise(F.col("exclusion_reason"))).withColumn(
+        "in_progress", F.col("in_progress") & ~unestimated
+    ).withColumn("in_national", F.col("in_national") & ~unestimated)
+
+
+def attainment_8_school_rows(pupils: DataFrame) -> DataFrame:
+    """`school_measures` rows `attainment_8`: mean A8 of each school's included pupils, with n."""
+    return (
+        pupils.where(F.col("included"))
+        .groupBy("school_id")
+        .agg(F.count(F.lit(1)).cast("int").alias("n"), F.mean("attainment_8").alias("score"))
+        .select(
+            "school_id",
+            F.lit(ATTAINMENT_8_MEASURE).alias("measure"),
+            "n",
+            F.col("score").cast("double").alias("score"),
+            F.lit(None).cast("double").alias("lower"),
+            F.lit(None).cast("double").alias("upper"),
+            F.lit(None).cast("string").alias("band"),
+        )
+    )
+
+
+def school_measure_rows(schools: DataFrame, pupils: DataFrame) -> DataFrame:
+    """All KS4 `school_measures` rows: progress_<subject> (progress_8 for Progress 8) and attainment_8.
+
+    Args:
+        schools: ks4_progress()["schools"].
+        pupils: with_attainment_and_prior() output.
+    """
+    progress = school_progress_rows(schools)
+    measure = F.when(F.col("measure") == F.lit("progress_progress_8"), F.lit(PROGRESS_8_MEASURE)).otherwise(F.col("measure"))
+    return progress.withColumn("measure", measure).unionByName(attainment_8_school_rows(pupils))
+
+
+def _gathered(frame: DataFrame) -> DataFrame:
+    """A small frame (per group or per subject) computed once and handed back from the driver.
+
+    Marked for broadcast: Spark cannot size a frame made from driver rows and would
+    otherwise shuffle the pupils to join it.
+    """
+    return F.broadcast(frame.sparkSession.createDataFrame(frame.collect(), frame.schema))
+
+
+def _estimates_to_apply(release, long: DataFrame, tables: KS4YearTables) -> tuple[DataFrame, str]:
+    """The (subject, group) estimates this run applies, and their source label.
+
+    Published: subject, prior_attainment_group, estimate, national_sd. Computed (from
+    `long`): subject, prior_attainment_group, n, estimate, outcome_sd.
+    """
+    name = (release.config.published_estimates or {}).get(KEY_STAGE)
+    if name:
+        table = load_published_estimates(name)
+        check_applies(table, KEY_STAGE, KS4_SUBJECTS, tables.prior_attainment_groups, tables.source)
+        return F.broadcast(estimates_frame(long.sparkSession, table, KS4_SUBJECTS)), table.source
+    return _gathered(national_estimates(long, tables.estimate_method)), COMPUTED_SOURCE
+
+
+def ks4_progress(long: DataFrame, estimates: DataFrame, rules: ProgressRules) -> dict[str, object]:
+    """estimates.progress_measures, step by step, with each reused intermediate computed once.
+
+    The steps and results are those of `progress_measures(long, rules, published=estimates)`
+    (`estimates` carries `national_sd` only when published). Run as one lazy plan, the
+    extreme-negative step's per-subject jobs and each output table would recompute the
+    pupils' progress and the group statistics from the start; here the national pupils'
+    progress is cached and the per-group caps and per-subject SDs are gathered once.
+    tests/unit/test_ks4.py checks the results equal progress_measures'.
+
+    Args:
+        long: the long pupil frame (one row per pupil per subject), ideally persisted.
+        estimates: subject, prior_attainment_group, estimate (one row per pair).
+
+    Returns:
+        The same keys as progress_measures: "estimates", "pupils", "schools", "z_star";
+        and "cached", the frame persisted here (for the caller to free).
+    """
+    progressed = pupil_progress(long, estimates, rules)
+    national = (
+        progressed.where(F.col("in_national") & F.col("progress").isNotNull())
+        .select("pupil_id", "subject", "prior_attainment_group", "progress", "in_national")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    lazy_caps, z_star = extreme_negative_caps(national, rules.extreme_share)
+    caps = _gathered(lazy_caps)
+    adjusted = adjust_extreme_negatives(progressed, caps)
+    if "national_sd" in estimates.columns:
+        national_sd = estimates.select("subject", "national_sd").distinct()
+    else:
+        # Only in_national rows count, so the cached national rows give the same SDs.
+        national_sd = _gathered(national_progress_sd(adjust_extreme_negatives(national, caps)))
+    return {
+        "estimates": estimates.join(caps, on=["subject", "prior_attainment_group"], how="left"),
+        "pupils": adjusted,
+        "schools": school_scores(adjusted, national_sd, rules),
+        "z_star": z_star,
+        "cached": national,
+    }
+
+
+def stage_measures(release) -> None:
+    """The KS4 measures stage: reads release.frames["pupils"], publishes the four KS4 tables.
+
+    Args:
+        release: the pipeline's Release (frames, year, config, record, publish()).
+    """
+    tables = load_ks4_tables(release.year)
+    base = release.frames["pupils"]
+    pupils = with_attainment_and_prior(base, tables)
+    release.frames["pupil_table"] = base  # still persisted: kept so the run frees it
+    release.frames["pupils"] = pupils
+    release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
+
+    long = progress_long_frame(pupils).persist(StorageLevel.MEMORY_AND_DISK)
+    release.frames["ks4_long"] = long
+    estimates, source = _estimates_to_apply(release, long, tables)
+    result = ks4_progress(long, estimates, tables.progress_rules())
+    release.frames["ks4_national_progress"] = result["cached"]
+    release.record.row_counts["ks4_z_star"] = result["z_star"]
+
+    release.publish(PUPIL_PROGRESS, pupil_progress_rows(_without_estimate_is_excluded(result["pupils"])))
+    release.publish(NATIONAL_ESTIMATES, national_estimate_rows(result["estimates"], source))
+    release.publish(SCHOOL_MEASURES, school_measure_rows(result["schools"], pupils))
+    log.info("ks4 measures: estimates %s, z* %s", source, result["z_star"])

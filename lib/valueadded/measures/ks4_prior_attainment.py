@@ -1,0 +1,67 @@
+"""KS2 prior attainment for the KS4 measures, and its prior attainment group.
+
+Per subject (reading, maths), the KS2 score used as prior attainment is, by test code:
+
+- `S`: the scaled score (80-120);
+- `B` (below the standard of the test): the nominal score of the pre-key-stage teacher
+  assessment (PKF, PKE, PKG), or for teacher assessment BLW the nominal score of its
+  P-scale or NOTSEN;
+- `N` (sat the test, no scaled score) with a configured teacher assessment (HNM, EXS):
+  its nominal score (79 in 2024);
+- anything else: none. That is A, D, M, U and Q, no KS2 record (null code), and a B or N
+  whose assessment has no nominal score (e.g. absent with HNM, BLW without a P-scale).
+
+KS2 prior attainment = mean of the two subjects' scores, rounded down to a multiple of
+the year's step (0.5). Whole-number scores give an exact multiple of 0.5, so the rounding
+only matters for a fractional nominal score: 105 and 106 give 105.5, 104 and 105 give
+104.5. A pupil without a score in either subject has no prior attainment (reason
+`no_prior_attainment`) and no group. The group is the one whose configured range
+(lowest to highest, both inclusive) holds the prior attainment.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
+from valueadded.measures.ks4_tables import KS4YearTables, NominalScores
+
+KS2_SUBJECTS = ("reading", "maths")
+NO_PRIOR_ATTAINMENT = "no_prior_attainment"
+
+
+def _lookup(code: Column, table: dict[str, float]) -> Column:
+    """table[code] as a double; null for a code not in the table."""
+    mapping = F.create_map(*[item for key, value in sorted(table.items()) for item in (F.lit(key), F.lit(float(value)))])
+    return F.element_at(mapping, code)
+
+
+def ks2_subject_score(prefix: str, nominal: NominalScores) -> Column:
+    """The KS2 score of one subject for prior attainment; null when it has none.
+
+    Args:
+        prefix: column prefix, e.g. "ks2_reading" (reads _scaled_score, _test_code, _ta, _pscale).
+    """
+    code, ta, pscale = F.col(f"{prefix}_test_code"), F.col(f"{prefix}_ta"), F.col(f"{prefix}_pscale")
+    sat_table = {assessment: nominal.sat_without_scaled_score for assessment in nominal.sat_without_scaled_score_ta}
+    return (
+        F.when(code == "S", F.col(f"{prefix}_scaled_score").cast("double"))
+        .when((code == "B") & (ta == "BLW"), _lookup(pscale, nominal.pscale))
+        .when(code == "B", _lookup(ta, nominal.pre_key_stage))
+        .when(code == "N", _lookup(ta, sat_table))
+    )
+
+
+def ks2_prior_attainment(tables: KS4YearTables) -> Column:
+    """Mean of the KS2 reading and maths scores, rounded down to the step; null without both."""
+    reading, maths = (ks2_subject_score(f"ks2_{subject}", tables.nominal_scores) for subject in KS2_SUBJECTS)
+    step = F.lit(tables.prior_attainment_step)
+    return (F.floor((reading + maths) / 2 / step) * step).cast("double")
+
+
+def prior_attainment_group(prior: Column, groups: tuple[tuple[float, float], ...]) -> Column:
+    """The number (1-based) of the group whose [lowest, highest] range holds `prior`; null otherwise."""
+    group = F.lit(None).cast("int")
+    for number, (lowest, highest) in reversed(list(enumerate(groups, start=1))):
+        group = F.when(prior.between(F.lit(lowest), F.lit(highest)), F.lit(number)).otherwise(group)
+    return group
