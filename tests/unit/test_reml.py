@@ -368,6 +368,23 @@ def test_all_zero_column_is_named():
     assert isinstance(info.value, ValueError)
 
 
+def test_without_terms_equals_statistics_never_gathered_for_them():
+    X, y, g, names = small_data(extra=lambda c, n, r: {"eth_empty": np.zeros(n), "z": r.normal(size=n)})
+    full = SufficientStatistics.from_arrays(X, y, g, names)
+    assert full.empty_terms() == ("eth_empty",)
+    keep = [k for k, name in enumerate(names) if name != "eth_empty"]
+    reduced = full.without_terms(full.empty_terms())
+    direct = SufficientStatistics.from_arrays(X[:, keep], y, g, tuple(names[k] for k in keep))
+    assert reduced.term_names == direct.term_names and reduced.empty_terms() == ()
+    for field in ("xtx", "xty", "group_n", "group_sum_x", "group_sum_y"):
+        np.testing.assert_allclose(getattr(reduced, field), getattr(direct, field), rtol=1e-14)
+    np.testing.assert_allclose(fit_reml(reduced).coefficients, fit_reml(direct).coefficients, rtol=1e-12)
+    with pytest.raises(ValueError, match="intercept"):
+        full.without_terms(["intercept"])
+    with pytest.raises(ValueError, match="nope"):
+        full.without_terms(["nope"])
+
+
 def test_duplicated_column_is_named_with_its_twin():
     X, y, g, names = small_data(extra=lambda c, n, r: {"z": r.normal(size=n), "x_copy": c["x"].copy()})
     with pytest.raises(SingularDesignError, match="x_copy") as info:

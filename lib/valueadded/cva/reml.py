@@ -294,6 +294,29 @@ class SufficientStatistics:
     def n_groups(self) -> int:
         return int(self.group_ids.shape[0])
 
+    def empty_terms(self) -> tuple[str, ...]:
+        """Terms whose design column is zero for every row (X'X diagonal 0), in design order."""
+        return tuple(name for k, name in enumerate(self.term_names) if k > 0 and self.xtx[k, k] == 0.0)
+
+    def without_terms(self, terms) -> SufficientStatistics:
+        """The same statistics with the design columns of `terms` removed (not the intercept)."""
+        drop = set(terms)
+        unknown = sorted(drop - set(self.term_names[1:]))
+        if unknown:
+            raise ValueError(f"cannot remove {unknown}: not a term of the design (or the intercept)")
+        keep = [k for k, name in enumerate(self.term_names) if name not in drop]
+        return SufficientStatistics(
+            term_names=tuple(self.term_names[k] for k in keep),
+            n_total=self.n_total,
+            xtx=self.xtx[np.ix_(keep, keep)],
+            xty=self.xty[keep],
+            yty=self.yty,
+            group_ids=self.group_ids,
+            group_n=self.group_n,
+            group_sum_x=self.group_sum_x[:, keep],
+            group_sum_y=self.group_sum_y,
+        )
+
     @classmethod
     def from_arrays(cls, X, y, groups, term_names) -> SufficientStatistics:
         """Compute the statistics from pupil-level arrays (tests and small data).
