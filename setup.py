@@ -18,6 +18,7 @@ setup(
         "numpy>=2.2,<2.3",
         "pyarrow>=19,<20",
         "scipy>=1.15,<1.16",
+        "threadpoolctl>=3.5,<4",
         "PyYAML>=6.0,<7",
     ],
     entry_points={"console_scripts": ["valueadded=valueadded.cli:main"]},

@@ -2,12 +2,14 @@
 
 Exit codes: 0 success; 1 internal error (a defect: please report it); 2 bad input or
 configuration (a missing file or column, a wrong type, an unreadable CSV, a bad config
-key); 3 validation threshold exceeded (too many rejected rows; see `rejected_rows`).
+key, a CVA model the data cannot estimate); 3 validation threshold exceeded (too many
+rejected rows; see `rejected_rows`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shlex
@@ -15,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from valueadded.config import ConfigError, load_release_config
+from valueadded.config import CVA_EMPTY_TERMS, ConfigError, load_release_config
+from valueadded.cva.reml import RemlError
 from valueadded.io.inputs import StructuralInputError
 from valueadded.io.intake import ValidationThresholdError
 
@@ -66,6 +69,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     from valueadded.spark import get_spark
 
     config = load_release_config(args.config)
+    if args.published_estimates:
+        from valueadded.measures.published import with_published_estimates
+
+        config = with_published_estimates(config, args.published_estimates)
+    if args.cva_empty_terms:
+        config = dataclasses.replace(config, cva_empty_terms=args.cva_empty_terms)
     input_dir = Path(args.input) if args.input else ensure_generated(generated_input_dir(args.year, DEFAULT_SEED, 1.0), args.year, DEFAULT_SEED, 1.0)
     output_dir = Path(args.output)
     spark = get_spark(shuffle_partitions=config.shuffle_partitions)
@@ -92,8 +101,11 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from valueadded.bench import run_benchmark
+    from valueadded.bench import run_benchmark, run_cva_benchmark
 
+    if args.cva:
+        run_cva_benchmark(year=args.year, seed=args.seed, scale=args.scale, work_dir=Path(args.work_dir), statsmodels=args.statsmodels)
+        return EXIT_OK
     run_benchmark(year=args.year, seed=args.seed, scale=args.scale, work_dir=Path(args.work_dir))
     return EXIT_OK
 
@@ -118,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--key-stage", choices=("ks2", "ks4", "both"), default="both")
     release.add_argument("--stage", choices=("unvalidated", "validated", "both"), default="unvalidated", help="data stage")
     release.add_argument("--config", help="release configuration YAML (default conf/releases/default.yaml)")
+    release.add_argument(
+        "--cva-empty-terms", choices=CVA_EMPTY_TERMS,
+        help="a CVA term no pupil has: stop the release or drop the term (overrides --config)",
+    )
+    release.add_argument("--published-estimates", metavar="NAME", help="apply published estimates conf/reference/published/NAME (overrides --config)")
     release.set_defaults(handler=cmd_release)
 
     docs = sub.add_parser("docs", help="regenerate docs/inputs.md, tables.md and validation.md from the code")
@@ -129,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=DEFAULT_SEED)
     bench.add_argument("--scale", type=float, default=1.0)
     bench.add_argument("--work-dir", default="bench-work", help="scratch folder (replaced)")
+    bench.add_argument("--cva", action="store_true", help="benchmark the CVA engine instead: KS4 design, gather and REML fit")
+    bench.add_argument("--statsmodels", action="store_true", help="with --cva: also time statsmodels MixedLM on the same data")
     bench.set_defaults(handler=cmd_bench)
     return parser
 
@@ -138,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
-    except (StructuralInputError, ConfigError) as error:
+    except (StructuralInputError, ConfigError, RemlError) as error:
         log.error("bad input: %s", error)
         return EXIT_BAD_INPUT
     except ValidationThresholdError as error:

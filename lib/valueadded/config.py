@@ -20,6 +20,9 @@ REPO_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DEFAULT_RELEASE_CONFIG = REPO_CONF_DIR / "releases" / "default.yaml"
 
 
+CVA_EMPTY_TERMS = ("stop", "drop")
+
+
 class ConfigError(ValueError):
     """A configuration file is missing, unreadable or has a bad key or value."""
 
@@ -56,6 +59,10 @@ class ReleaseConfig:
     # Key stage -> name of a published national estimates table in
     # conf/reference/published/ to apply instead of computing estimates (None: compute).
     published_estimates: dict[str, str | None] = None  # type: ignore[assignment]
+    # A CVA design column no pupil of the model's population has (an empty category or
+    # interaction cell): "stop" the release naming it, or "drop" it from the fit and
+    # report it in cva_model. Collinear terms that pupils do have always stop.
+    cva_empty_terms: str = "stop"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=list)
@@ -110,7 +117,7 @@ def load_release_config(path: str | Path | None = None) -> ReleaseConfig:
     """Load and validate a release configuration (default: conf/releases/default.yaml)."""
     path = Path(path) if path is not None else DEFAULT_RELEASE_CONFIG
     content = read_yaml(path)
-    check_keys(path, content, {"max_rejected_share", "shuffle_partitions", "reference", "published_estimates"})
+    check_keys(path, content, {"max_rejected_share", "shuffle_partitions", "reference", "published_estimates", "cva_empty_terms"})
     share = content["max_rejected_share"]
     if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
         raise ConfigError(f"{path}: max_rejected_share must be a number from 0 to 1, got {share!r}")
@@ -124,12 +131,16 @@ def load_release_config(path: str | Path | None = None) -> ReleaseConfig:
     for key_stage, name in published.items():
         if name is not None and not (REPO_CONF_DIR / "reference" / "published" / str(name)).is_dir():
             raise ConfigError(f"{path}: published_estimates.{key_stage}: no table {name!r} in {REPO_CONF_DIR / 'reference' / 'published'}")
+    empty_terms = content["cva_empty_terms"]
+    if empty_terms not in CVA_EMPTY_TERMS:
+        raise ConfigError(f"{path}: cva_empty_terms must be one of {list(CVA_EMPTY_TERMS)}, got {empty_terms!r}")
     return ReleaseConfig(
         max_rejected_share=float(share),
         shuffle_partitions=partitions,
         codes=codes,
         source=str(path.resolve()),
         published_estimates={key_stage: published.get(key_stage) for key_stage in codes.key_stages},
+        cva_empty_terms=empty_terms,
     )
 
 

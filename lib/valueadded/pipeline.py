@@ -25,11 +25,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from valueadded.config import ReleaseConfig
+from valueadded.cva.stage import stage_cva
 from valueadded.io.delta_store import TableStore
 from valueadded.io.intake import Intake, check_rejected_share, run_intake
 from valueadded.io.runlog import RunRecord
 from valueadded.io.schemas import PUPIL_RESULTS, REJECTED_ROWS, RUNS, TableSchema
-from valueadded.measures import ks2
+from valueadded.measures import ks2, ks4
 from valueadded.measures.cohort import build_pupil_table
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def stage_write(release: Release) -> None:
 
 
 # Measures register their stages here, per key stage, in the order they run.
-MEASURE_STAGES: dict[str, list[Stage]] = {"ks2": [("ks2_measures", ks2.stage_measures)], "ks4": []}
+MEASURE_STAGES: dict[str, list[Stage]] = {"ks2": [("ks2_measures", ks2.stage_measures)], "ks4": [("ks4_measures", ks4.stage_measures)]}
 
 
 def stages_for(key_stage: str) -> list[Stage]:
@@ -134,6 +135,7 @@ def stages_for(key_stage: str) -> list[Stage]:
         ("pupil_table", stage_pupil_table),
         ("reconcile", stage_reconcile),
         *MEASURE_STAGES[key_stage],
+        ("cva", stage_cva),
         ("write", stage_write),
     ]
 

@@ -278,14 +278,21 @@ def test_rejected_share_threshold():
     check_rejected_share(counts, 0.011)  # at or under the share: the run continues
 
 
+GOOD_CONFIG = (
+    "max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\n"
+    "published_estimates: null\ncva_empty_terms: stop\n"
+)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\npublished_estimates: null\ntypo: 1\n", "unknown key"),
-        ("max_rejected_share: 2\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\npublished_estimates: null\n", "from 0 to 1"),
-        ("max_rejected_share: 0.01\nreference: ../reference/codes.yaml\npublished_estimates: null\n", "missing key"),
-        ("max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: nowhere.yaml\npublished_estimates: null\n", "not found"),
-        ("max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\npublished_estimates: {ks4: no-such-table}\n", "no table"),
+        (GOOD_CONFIG + "typo: 1\n", "unknown key"),
+        (GOOD_CONFIG.replace("max_rejected_share: 0.01", "max_rejected_share: 2"), "from 0 to 1"),
+        (GOOD_CONFIG.replace("shuffle_partitions: 8\n", ""), "missing key"),
+        (GOOD_CONFIG.replace("../reference/codes.yaml", "nowhere.yaml"), "not found"),
+        (GOOD_CONFIG.replace("published_estimates: null", "published_estimates: {ks4: no-such-table}"), "no table"),
+        (GOOD_CONFIG.replace("cva_empty_terms: stop", "cva_empty_terms: ignore"), "cva_empty_terms must be one of"),
     ],
 )
 def test_bad_configuration_is_named(tmp_path, text, message):
@@ -296,3 +303,5 @@ def test_bad_configuration_is_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_release_config(path)
+    path.write_text(GOOD_CONFIG)
+    assert load_release_config(path).cva_empty_terms == "stop"

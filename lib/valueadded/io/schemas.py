@@ -222,9 +222,23 @@ RESULTS_TABLE = {"ks2": KS2_RESULTS, "ks4": KS4_RESULTS}
 
 # ----------------------------------------------------------------------------- outputs
 
+# Contextual value added columns of pupil_results, filled by the CVA stage (valueadded.cva.stage).
+CVA_PUPIL_COLUMNS = (
+    Column("cva_model", "string", True, "CVA model the pupil is in (e.g. ks4_mainstream, special; conf/models/); null when not in a CVA model."),
+    Column("cva_exclusion_reason", "string", True, "Why the pupil is not in a CVA model (null when in one): the pupil's exclusion_reason, no_prior_attainment, no_outcome, or model_not_fitted (see cva_model.message)."),
+    Column("cva_outcome", "double", True, "The outcome the CVA model explains: Attainment 8 (KS4) or the mean of the KS2 reading and maths scores (KS2)."),
+    Column("cva_prior_attainment", "double", True, "CVA prediction, stage 1: constant plus prior attainment terms (APS, its square, subject differences)."),
+    Column("cva_characteristics", "double", True, "CVA prediction, stage 2: pupil characteristics and their interactions."),
+    Column("cva_school_level", "double", True, "CVA prediction, stage 3: school mean and SD of prior attainment (0 in models without them)."),
+    Column("cva_range_adjustment", "double", True, "CVA prediction, stage 4: change that keeps the prediction in the outcome's valid range (0 inside it)."),
+    Column("cva_prediction", "double", True, "CVA prediction: the sum of the four stages."),
+    Column("cva_residual", "double", True, "Pupil CVA score: cva_outcome - cva_prediction."),
+)
+
 PUPIL_RESULTS = TableSchema(
     name="pupil_results",
     grain="one row per pupil in the key stage cohort who passed row validation",
+    version=2,  # 2: CVA columns appended
     description="Restricted pupil-level table: every accepted pupil with inclusion flag and reason.",
     partition_by=PARTITION_NAMES,
     audience="restricted",
@@ -254,6 +268,7 @@ PUPIL_RESULTS = TableSchema(
         Column("exclusion_reason", "string", True, "Why not included (null when included)."),
         Column("prior_attainment", "double", True, "Prior attainment score: KS1 average point score (KS2) or KS2 average scaled score (KS4); null when the pupil has none, or before the key stage's measures run."),
         Column("prior_attainment_group", "int", True, "Prior attainment group (PAG) from the year's boundaries in conf/; null when no prior attainment."),
+        *CVA_PUPIL_COLUMNS,
     ),
 )
 
@@ -321,6 +336,40 @@ SCHOOL_MEASURES = TableSchema(
     ),
 )
 
+CVA_MODEL = TableSchema(
+    name="cva_model",
+    grain="one row per CVA model per term (one row with a null term for a model that was not fitted)",
+    description=(
+        "Contextual value added models: coefficients with standard errors, and on every row the model's "
+        "variance components, REML criterion, size, boundary and convergence flags and timings."
+    ),
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "model", "term"),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("model", "string", False, "Model name (conf/models/<name>.yaml; special inherits the key stage's outcome)."),
+        Column("population", "string", False, "Schools the model is fitted on: mainstream or special (state-funded, included pupils)."),
+        Column("spec_file", "string", False, "The model specification file, relative to the repository's conf/ folder."),
+        Column("status", "string", False, "fitted, or not_fitted (the model could not be estimated; see message)."),
+        Column("message", "string", True, "Why a model was not fitted (naming the terms), or a note on terms dropped because no pupil has them (cva_empty_terms: drop) and on a boundary fit; null otherwise."),
+        Column("term", "string", True, "Design term (intercept first); null on a not_fitted model's row."),
+        Column("term_stage", "string", True, "Stage of the prediction the term belongs to: prior_attainment, characteristics or school_level."),
+        Column("term_mean", "double", True, "Mean of the term over the model's pupils."),
+        Column("estimate", "double", True, "Coefficient (REML / GLS estimate); null for a term dropped because no pupil has it."),
+        Column("std_error", "double", True, "Standard error of the coefficient: square root of the diagonal of (X'V^-1 X)^-1 at the REML variance components."),
+        Column("sigma2_school", "double", True, "Between-school variance of the random intercept (REML); 0 on the boundary."),
+        Column("sigma2_pupil", "double", True, "Within-school (pupil) residual variance (REML)."),
+        Column("reml_criterion", "double", True, "-2 x restricted log-likelihood at the optimum (lme4's REMLcrit)."),
+        Column("n_pupils", "int", False, "Pupils in the model."),
+        Column("n_schools", "int", False, "Schools in the model."),
+        Column("boundary", "boolean", True, "The school variance was estimated as exactly 0: the fit is OLS and every school's CVA is the centre."),
+        Column("converged", "boolean", True, "The REML optimiser converged."),
+        Column("gather_seconds", "double", True, "Wall seconds to gather the sufficient statistics with Spark."),
+        Column("fit_seconds", "double", True, "Wall seconds of the REML fit on the driver."),
+    ),
+)
+
 REJECTED_ROWS = TableSchema(
     name="rejected_rows",
     grain="one row per input row set aside by validation",
@@ -361,4 +410,4 @@ RUNS = TableSchema(
     ),
 )
 
-OUTPUT_TABLES = {t.name: t for t in (PUPIL_RESULTS, PUPIL_PROGRESS, NATIONAL_ESTIMATES, SCHOOL_MEASURES, REJECTED_ROWS, RUNS)}
+OUTPUT_TABLES = {t.name: t for t in (PUPIL_RESULTS, PUPIL_PROGRESS, NATIONAL_ESTIMATES, SCHOOL_MEASURES, CVA_MODEL, REJECTED_ROWS, RUNS)}

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from valueadded.io.schemas import PUPIL_RESULTS
+from valueadded.io.schemas import CVA_PUPIL_COLUMNS, PUPIL_RESULTS, SPARK_TYPES
 
 DISCOUNT_WINDOW_YEARS = 2  # first admitted on/after 1 Sep of (year - 2): the start of Year 5 / Year 10
 
@@ -106,6 +106,8 @@ def build_pupil_table(
         # Filled in by the key stage's measure stage.
         .withColumn("prior_attainment", F.lit(None).cast("double"))
         .withColumn("prior_attainment_group", F.lit(None).cast("int"))
+        # Filled in by the CVA stage.
+        .withColumns({c.name: F.lit(None).cast(SPARK_TYPES[c.type]) for c in CVA_PUPIL_COLUMNS})
     )
     contract = PUPIL_RESULTS.names
     extra = [c for c in table.columns if c not in contract and not c.startswith("_")]
