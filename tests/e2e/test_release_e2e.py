@@ -15,18 +15,15 @@ from valueadded.cli import main
 from valueadded.config import DEFAULT_RELEASE_CONFIG
 from valueadded.io.delta_store import TableStore
 from valueadded.io.schemas import PUPIL_RESULTS, REJECTED_ROWS, RUNS
-from valueadded.synth.cohort import generate_cohort
 
-YEAR, SEED, SCALE = 2024, 7, 0.02
+YEAR = 2024
 
 
 @pytest.fixture(scope="module")
-def released(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    manifest = generate_cohort(root / "input", year=YEAR, seed=SEED, scale=SCALE, files=2)
-    code = main(["release", "--input", str(root / "input"), "--output", str(root / "output"), "--year", str(YEAR), "--key-stage", "both", "--stage", "both"])
-    assert code == 0
-    return root, manifest, TableStore(spark, root / "output")
+def released(spark, generated_release):
+    """The shared release of the generated cohort (tests/conftest.py): both key stages and stages."""
+    assert generated_release.year == YEAR
+    return generated_release.root, generated_release.manifest, TableStore(spark, generated_release.output_dir)
 
 
 def _input_rows(root, table, **equals):
@@ -73,12 +70,14 @@ def test_data_stages_differ_exactly_by_checking_exercise_and_discounting(release
         assert counted.included.sum() > 0
 
 
-def test_rerun_replaces_its_partition_and_keeps_the_other(released, spark):
-    root, _, store = released
+def test_rerun_replaces_its_partition_and_keeps_the_other(released, spark, tmp_path):
+    root, _, _ = released
+    shutil.copytree(root / "output", tmp_path / "output")  # the shared release stays as it was
+    store = TableStore(spark, tmp_path / "output")
     before = DeltaTable(str(store.path(PUPIL_RESULTS))).version()
     validated_before = store.read(PUPIL_RESULTS, YEAR, "ks2", "validated").count()
     unvalidated_rows = sorted(map(tuple, store.read(PUPIL_RESULTS, YEAR, "ks2", "unvalidated").toPandas().astype(str).values))
-    assert main(["release", "--input", str(root / "input"), "--output", str(root / "output"), "--year", str(YEAR), "--key-stage", "ks2", "--stage", "unvalidated"]) == 0
+    assert main(["release", "--input", str(root / "input"), "--output", str(tmp_path / "output"), "--year", str(YEAR), "--key-stage", "ks2", "--stage", "unvalidated"]) == 0
     assert DeltaTable(str(store.path(PUPIL_RESULTS))).version() == before + 1
     assert store.read(PUPIL_RESULTS, YEAR, "ks2", "validated").count() == validated_before
     again = sorted(map(tuple, store.read(PUPIL_RESULTS, YEAR, "ks2", "unvalidated").toPandas().astype(str).values))
