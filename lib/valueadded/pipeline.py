@@ -168,6 +168,8 @@ def run_release(
     try:
         for name, stage in stages_for(key_stage):
             started = time.perf_counter()
+            # Spark's UI and event log show each job under the release stage that ran it.
+            spark.sparkContext.setJobGroup(name, f"{key_stage} {data_stage} {name} (run {record.run_id})")
             stage(release)
             record.stage_timings[name] = time.perf_counter() - started
             log.info(json.dumps({"run_id": record.run_id, "stage": name, "seconds": round(record.stage_timings[name], 3)}))
@@ -175,6 +177,7 @@ def run_release(
         status, error = "failed", f"{type(failure).__name__}: {failure}"
         raise
     finally:
+        spark.sparkContext.setJobGroup("runs", f"{key_stage} {data_stage} run log (run {record.run_id})")
         try:
             TableStore(spark, output_dir).append(record.to_arrow(status, error), RUNS)
         except Exception:  # the run's own error matters more than a failed log write

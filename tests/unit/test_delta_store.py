@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
-from valueadded.io import delta_store
 from valueadded.io.delta_store import SchemaMismatchError, TableStore
 from valueadded.io.schemas import PARTITION_COLUMNS, Column, TableSchema
 
@@ -32,7 +33,7 @@ def test_replaces_exactly_one_partition(spark, tmp_path):
     store.replace_partition(_frame(spark, [("A", 0.4, 9)]), SCORES, 2024, "ks2", "validated")
     store.replace_partition(_frame(spark, [("Z", 1.0, 5)]), SCORES, 2024, "ks4", "unvalidated")
     v3 = store.replace_partition(_frame(spark, [("C", 0.1, 30)]), SCORES, 2024, "ks2", "unvalidated")
-    assert (v0, v3) == (0, 3)
+    assert (v0, v3) == (0, 3)  # the first write creates the table: no empty version
     assert _partition_rows(store, year=2024, key_stage="ks2", data_stage="unvalidated") == [("C", 0.1, 30)]
     assert _partition_rows(store, year=2024, key_stage="ks2", data_stage="validated") == [("A", 0.4, 9)]
     assert _partition_rows(store, year=2024, key_stage="ks4", data_stage="unvalidated") == [("Z", 1.0, 5)]
@@ -72,20 +73,17 @@ def test_existing_table_with_other_schema_is_not_overwritten(spark, tmp_path):
         store.replace_partition(frame, changed, 2024, "ks2", "unvalidated")
 
 
-def test_rows_stream_to_the_writer_in_batches(spark, tmp_path, monkeypatch):
-    monkeypatch.setattr(delta_store, "BATCH_ROWS", 7)
-    seen = []
-    original = delta_store._checked_batches
-
-    def counting(dataset, schema, failures):
-        for batch in original(dataset, schema, failures):
-            seen.append(batch.num_rows)
-            yield batch
-
-    monkeypatch.setattr(delta_store, "_checked_batches", counting)
+def test_data_is_written_once_in_place_and_committed_with_row_counts(spark, tmp_path):
+    """Spark's files are committed where they lie (no second copy), each with its row
+    count in the Delta log, and nothing is left in the staging folder."""
     store = TableStore(spark, tmp_path)
     frame = spark.range(100).select(F.col("id").cast("string").alias("school_id"), F.lit(0.0).alias("score"), F.col("id").cast("int").alias("n"))
-    store.replace_partition(frame, SCORES, 2024, "ks2", "unvalidated")
-    assert max(seen) <= 7 and sum(seen) == 100
+    store.replace_partition(frame.repartition(3), SCORES, 2024, "ks2", "unvalidated")
+    table = DeltaTable(str(store.path(SCORES)))
+    actions = pa.record_batch(table.get_add_actions(flatten=True)).to_pydict()
+    assert len(actions["path"]) == 3 and sum(actions["num_records"]) == 100
+    assert all(path.startswith("academic_year=2024/key_stage=ks2/data_stage=unvalidated/") for path in actions["path"])
+    data_files = sorted(p.relative_to(store.path(SCORES)).as_posix() for p in store.path(SCORES).rglob("*.parquet"))
+    assert data_files == sorted(actions["path"])
+    assert not (store.path(SCORES) / "_staging").exists()
     assert store.read(SCORES).count() == 100
-    assert not (tmp_path / "_staging").exists() or not any((tmp_path / "_staging").iterdir())

@@ -7,9 +7,10 @@ in one Delta commit, so readers see the old partition or the new one, never a mi
 
 Two backends write the same tables:
 - `delta-rs` (the `deltalake` package) in local mode, where the Delta JARs cannot be
-  loaded. Spark writes the partition as Parquet on the executors into a staging
-  folder; the driver then streams those files batch by batch into `write_deltalake`,
-  which commits once. Driver memory is bounded by one batch, not the table.
+  loaded. Spark writes the partition's Parquet files on the executors, in place in the
+  table's folder; the driver checks their footers against the declared schema and
+  commits them with delta-rs in one transaction that also removes the partition's old
+  files. The data is written once and never passes through the driver.
 - `delta-spark` when the Delta JARs and SQL extension are in the session (a cluster):
   Spark writes natively with `replaceWhere`.
 
@@ -19,15 +20,18 @@ table's declared schema (`io/schemas.py`): names, order, types and non-null colu
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
+from deltalake import Schema as DeltaSchema
+from deltalake.transaction import AddAction, create_table_with_add_actions
 from deltalake.exceptions import TableNotFoundError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -36,9 +40,6 @@ from valueadded.io.schemas import PARTITION_NAMES, SPARK_TYPES, TableSchema
 from valueadded.spark import delta_spark_available
 
 log = logging.getLogger(__name__)
-
-BATCH_ROWS = 65_536
-
 
 class SchemaMismatchError(ValueError):
     """A DataFrame or an existing table does not match the declared table schema."""
@@ -67,21 +68,22 @@ def check_frame_schema(frame: DataFrame, schema: TableSchema) -> None:
         raise SchemaMismatchError(f"{schema.name}: " + "; ".join(wrong))
 
 
-def _checked_batches(dataset: ds.Dataset, schema: TableSchema, failures: list[Exception]) -> Iterator[pa.RecordBatch]:
-    """Yield the staged rows as batches of exactly the declared Arrow schema.
-
-    A failed check is also put in `failures`, because the Delta writer wraps errors
-    raised inside the stream in its own error type.
-    """
-    target = schema.arrow_schema()
-    required = [c.name for c in schema.columns if not c.nullable]
-    for batch in dataset.to_batches(columns=schema.names, batch_size=BATCH_ROWS):
-        for name in required:
-            nulls = batch.column(name).null_count
-            if nulls:
-                failures.append(SchemaMismatchError(f"{schema.name}: {nulls} null value(s) in non-null column {name}"))
-                raise failures[-1]
-        yield pa.RecordBatch.from_arrays(batch.columns, schema=target)
+def _null_counts(path: Path, meta: pq.FileMetaData, columns: list[str]) -> dict[str, int]:
+    """Nulls per column of one Parquet file: from its footer statistics, or by reading the
+    column when a row group has none."""
+    counts = {}
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    for name in columns:
+        index = names.index(name)
+        total = 0
+        for group in range(meta.num_row_groups):
+            stats = meta.row_group(group).column(index).statistics
+            if stats is None or not stats.has_null_count:
+                total = pq.read_table(path, columns=[name]).column(name).null_count
+                break
+            total += stats.null_count
+        counts[name] = total
+    return counts
 
 
 def _same_types(found: pa.Schema, target: pa.Schema) -> bool:
@@ -157,30 +159,64 @@ class TableStore:
                 .save(str(target))
             )
             return self.version(schema)
-        staging = self.root / "_staging" / f"{schema.name}-{uuid.uuid4().hex}"
+        actions = self._write_files(keyed.select(*data_columns), schema, year, key_stage, data_stage)
+        if self.version(schema) is None:
+            create_table_with_add_actions(
+                str(target), DeltaSchema.from_arrow(schema.arrow_schema()), actions, partition_by=list(PARTITION_NAMES)
+            )
+        else:
+            DeltaTable(str(target)).create_write_transaction(
+                actions,
+                mode="overwrite",
+                schema=schema.arrow_schema(),
+                partition_by=list(PARTITION_NAMES),
+                partition_filters=[(name, "=", str(value)) for name, value in zip(PARTITION_NAMES, (int(year), key_stage, data_stage))],
+            )
+        return self.version(schema)
+
+    def _write_files(self, frame: DataFrame, schema: TableSchema, year: int, key_stage: str, data_stage: str) -> list[AddAction]:
+        """Write the partition's data files with Spark, in place, and describe them for a commit.
+
+        Spark writes Parquet into a staging folder inside the table; the files are checked
+        against the declared schema (types, and non-null columns from the Parquet null
+        counts) and moved into the partition's hive-style folder, where readers find
+        nothing of them until the commit lists them. A failure before the commit leaves
+        only unreferenced files, which Delta ignores (and VACUUM removes).
+        """
+        target = self.path(schema)
+        token = uuid.uuid4().hex
+        staging = target / "_staging" / token
+        partition_dir = f"academic_year={int(year)}/key_stage={key_stage}/data_stage={data_stage}"
         try:
-            keyed.write.mode("overwrite").parquet(str(staging))
-            dataset = ds.dataset(str(staging), format="parquet")
-            if not _same_types(pa.schema([dataset.schema.field(n) for n in schema.names]), schema.arrow_schema()):
-                raise SchemaMismatchError(f"{schema.name}: staged Parquet types differ: {dataset.schema}")
-            failures: list[Exception] = []
-            reader = pa.RecordBatchReader.from_batches(schema.arrow_schema(), _checked_batches(dataset, schema, failures))
-            exists = self.version(schema) is not None
-            try:
-                write_deltalake(
-                    str(target),
-                    reader,
-                    partition_by=list(PARTITION_NAMES),
-                    mode="overwrite",
-                    predicate=predicate if exists else None,
-                )
-            except Exception:
-                if failures:
-                    raise failures[0] from None
-                raise
+            frame.write.mode("overwrite").parquet(str(staging))
+            staged = sorted(staging.glob("part-*.parquet"))
+            expected = pa.schema([f for f in schema.arrow_schema() if f.name not in PARTITION_NAMES])
+            required = [c.name for c in schema.columns if not c.nullable and c.name not in PARTITION_NAMES]
+            metadata = [pq.read_metadata(path) for path in staged]
+            for path, meta in zip(staged, metadata):
+                found = meta.schema.to_arrow_schema()
+                if not _same_types(found, expected):
+                    raise SchemaMismatchError(f"{schema.name}: staged Parquet types differ from the declared schema: {found}")
+                for name, nulls in _null_counts(path, meta, required).items():
+                    if nulls:
+                        raise SchemaMismatchError(f"{schema.name}: {nulls} null value(s) in non-null column {name}")
+            (target / partition_dir).mkdir(parents=True, exist_ok=True)
+            actions = []
+            values = {"academic_year": str(int(year)), "key_stage": key_stage, "data_stage": data_stage}
+            for path, meta in zip(staged, metadata):
+                relative = f"{partition_dir}/{token}-{path.name}"
+                os.replace(path, target / relative)
+                stat = (target / relative).stat()
+                actions.append(AddAction(
+                    path=relative, size=stat.st_size, partition_values=values,
+                    modification_time=int(stat.st_mtime * 1000), data_change=True,
+                    stats=json.dumps({"numRecords": meta.num_rows}),
+                ))
+            return actions
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return self.version(schema)
+            if (target / "_staging").is_dir() and not any((target / "_staging").iterdir()):
+                (target / "_staging").rmdir()
 
     def append(self, table: pa.Table, schema: TableSchema) -> int:
         """Append a few driver-side rows (the run log) to a table."""

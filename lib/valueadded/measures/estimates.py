@@ -34,8 +34,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from valueadded.io.schemas import NATIONAL_ESTIMATES, PARTITION_NAMES, PUPIL_PROGRESS, SCHOOL_MEASURES
 
@@ -76,92 +79,134 @@ def _by_subject_map(mapping: dict[str, float], default: float) -> Column:
     return value
 
 
-def national_estimates(long: DataFrame, method: str) -> DataFrame:
-    """One row per (subject, prior_attainment_group): n, estimate, outcome_sd.
+# How far above the wanted share of pupils the first, approximate pass of the
+# extreme-negative search looks; the exact pass then sorts only those pupils.
+_APPROX_ACCURACY = 10_000
+GROUP_KEYS = ["subject", "prior_attainment_group"]
 
-    Only `in_national` pupils count; SD is the sample SD (n - 1), null for n = 1.
+
+def _local_frame(spark, frame: pd.DataFrame, schema: T.StructType) -> DataFrame:
+    """A small driver-side table as a broadcastable Spark frame with a fixed schema."""
+    rows = [tuple(None if pd.isna(v) else v for v in row) for row in frame[[f.name for f in schema.fields]].itertuples(index=False)]
+    return F.broadcast(spark.createDataFrame(rows, schema))
+
+
+def outcome_statistics(long: DataFrame, method: str) -> pd.DataFrame:
+    """Per (subject, group), over `in_national` pupils: n, mean, outcome_sd (n - 1) and,
+    for the legacy median line, the median. One Spark aggregation; a small pandas frame."""
+    aggregates = [
+        F.count(F.lit(1)).cast("int").alias("n"),
+        F.mean("outcome").alias("mean"),
+        F.stddev_samp("outcome").alias("outcome_sd"),
+    ]
+    if method == "median":
+        aggregates.append(F.percentile(F.col("outcome"), F.lit(0.5)).cast("double").alias("median"))
+    stats = long.where(F.col("in_national")).groupBy(*GROUP_KEYS).agg(*aggregates).toPandas()
+    stats["prior_attainment_group"] = stats["prior_attainment_group"].astype("int64")
+    return stats.sort_values(GROUP_KEYS).reset_index(drop=True)
+
+
+def national_estimates(stats: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Rule 1: subject, prior_attainment_group, n, estimate, outcome_sd."""
+    estimates = stats[[*GROUP_KEYS, "n", "outcome_sd"]].copy()
+    estimates["estimate"] = stats["mean"] if method == "mean" else stats["median"]
+    return estimates[[*GROUP_KEYS, "n", "estimate", "outcome_sd"]]
+
+
+def group_progress_statistics(stats: pd.DataFrame, estimates: pd.DataFrame, rules: ProgressRules) -> pd.DataFrame:
+    """Rule 3's per-group mean and SD of progress over the national pupils with a score.
+
+    Progress is a linear function of the outcome within a group, (outcome - estimate) /
+    divisor, so its mean is (mean outcome - estimate) / divisor and its SD is the outcome
+    SD / divisor: no second pass over the pupils. Only groups with an estimate appear.
     """
-    centre = F.mean("outcome") if method == "mean" else F.percentile(F.col("outcome"), F.lit(0.5))
-    return (
-        long.where(F.col("in_national"))
-        .groupBy("subject", "prior_attainment_group")
-        .agg(
-            F.count(F.lit(1)).cast("int").alias("n"),
-            centre.cast("double").alias("estimate"),
-            F.stddev_samp("outcome").alias("outcome_sd"),
-        )
-        .select("subject", "prior_attainment_group", "n", "estimate", "outcome_sd")
-    )
+    merged = stats[[*GROUP_KEYS, "n", "mean", "outcome_sd"]].merge(estimates[[*GROUP_KEYS, "estimate"]], on=GROUP_KEYS)
+    divisor = merged["subject"].map(lambda subject: float(rules.divisors.get(subject, 1.0)))
+    merged["progress_mean"] = (merged["mean"] - merged["estimate"]) / divisor
+    merged["progress_sd"] = merged["outcome_sd"] / divisor
+    return merged[[*GROUP_KEYS, "n", "estimate", "progress_mean", "progress_sd"]]
 
 
-def pupil_progress(long: DataFrame, estimates: DataFrame, rules: ProgressRules) -> DataFrame:
-    """Add `estimate` and `progress` to every `in_progress` row (null otherwise).
+def extreme_negative_z_star(long: DataFrame, groups: pd.DataFrame, rules: ProgressRules) -> dict[str, float]:
+    """Rule 3's z* per subject: the K-th smallest z among the subject's national pupils.
 
-    `estimates` needs subject, prior_attainment_group and estimate, one row per pair.
+    K = floor(share x n + 0.5), n = the subject's national pupils with a score. A subject
+    with K = 0, or with fewer than K pupils who have a z (a group of one pupil, or of
+    identical scores, has no SD and so no z), has no z*. Exact, in two passes over the
+    national pupils: an approximate quantile bounds the K smallest from above, then only
+    the pupils under the bound are brought to the driver and sorted.
     """
-    joined = long.join(
-        estimates.select("subject", "prior_attainment_group", "estimate"),
-        on=["subject", "prior_attainment_group"],
-        how="left",
-    )
+    sizes = groups.groupby("subject")["n"].sum()
+    with_z = groups[groups["progress_sd"] > 0]
+    z_counts = with_z.groupby("subject")["n"].sum()
+    wanted = {}
+    for subject, n in sizes.items():
+        k = int(math.floor(rules.extreme_share * int(n) + 0.5))  # round half up, not to even
+        if k > 0 and int(z_counts.get(subject, 0)) >= k:
+            wanted[subject] = (k, int(n))
+    if not wanted:
+        return {}
+    spark = long.sparkSession
+    schema = T.StructType([
+        T.StructField("subject", T.StringType()), T.StructField("prior_attainment_group", T.IntegerType()),
+        T.StructField("estimate", T.DoubleType()), T.StructField("progress_mean", T.DoubleType()),
+        T.StructField("progress_sd", T.DoubleType()),
+    ])
+    lookup = _local_frame(spark, with_z[with_z["subject"].isin(list(wanted))], schema)
     divisor = _by_subject_map(rules.divisors, 1.0)
-    progress = F.when(F.col("in_progress"), (F.col("outcome") - F.col("estimate")) / divisor)
-    return joined.withColumn("progress", progress.cast("double"))
+    z = (((F.col("outcome") - F.col("estimate")) / divisor) - F.col("progress_mean")) / F.col("progress_sd")
+    national = long.where(F.col("in_national")).join(lookup, on=GROUP_KEYS, how="inner").select("subject", z.alias("z"))
 
-
-def extreme_negative_caps(progressed: DataFrame, share: float) -> tuple[DataFrame, dict[str, float]]:
-    """Per (subject, group): progress mean, SD and cap; and z* per subject.
-
-    Returns:
-        A frame with subject, prior_attainment_group, progress_mean, progress_sd, cap,
-        and the dict subject -> z* (absent for a subject with K = 0 pupils to cap).
-    """
-    national = progressed.where(F.col("in_national") & F.col("progress").isNotNull())
-    group_stats = national.groupBy("subject", "prior_attainment_group").agg(
-        F.mean("progress").alias("progress_mean"), F.stddev_samp("progress").alias("progress_sd")
-    )
-    # A group whose pupils all have the same progress has SD 0: no z, never capped
-    # (and no division by zero, which ANSI mode would raise).
-    with_z = national.join(group_stats, on=["subject", "prior_attainment_group"], how="inner").withColumn(
-        "z", F.when(F.col("progress_sd") > 0, (F.col("progress") - F.col("progress_mean")) / F.col("progress_sd"))
-    )
-    subject_sizes = {row["subject"]: row["n"] for row in national.groupBy("subject").agg(F.count(F.lit(1)).alias("n")).collect()}
+    share = min(1.0, max(2 * k / n for k, n in wanted.values()) + 1.0 / _APPROX_ACCURACY)
     z_star: dict[str, float] = {}
-    for subject, n in sorted(subject_sizes.items()):
-        k = int(math.floor(share * n + 0.5))  # round half up (Python's round() goes to even)
-        if k == 0:
-            continue
-        # The K smallest z of the subject, ordered on the driver: K is about 1% of a year
-        # group, so this is thousands of values, not the table.
-        smallest = (
-            with_z.where((F.col("subject") == subject) & F.col("z").isNotNull())
-            .orderBy(F.col("z").asc(), F.col("pupil_id").asc())
-            .limit(k)
-            .agg(F.max("z").alias("z_star"), F.count(F.lit(1)).alias("k"))
-            .first()
-        )
-        if smallest["k"] == k:
-            z_star[subject] = float(smallest["z_star"])
-    z_star_column = F.lit(None).cast("double")
-    for subject, value in sorted(z_star.items()):
-        z_star_column = F.when(F.col("subject") == subject, F.lit(value)).otherwise(z_star_column)
-    caps = group_stats.withColumn("cap", F.col("progress_mean") + z_star_column * F.col("progress_sd"))
-    return caps, z_star
+    while wanted:
+        bounds = {
+            row["subject"]: row["bound"]
+            for row in national.groupBy("subject")
+            .agg(F.percentile_approx("z", share, _APPROX_ACCURACY).alias("bound"))
+            .collect()
+        }
+        bound = F.lit(None).cast("double")
+        for subject in sorted(wanted):
+            bound = F.when(F.col("subject") == subject, F.lit(float(bounds[subject]))).otherwise(bound)
+        smallest = national.where(F.col("z") <= bound).toPandas()
+        for subject, values in smallest.groupby("subject")["z"]:
+            k = wanted[subject][0]
+            if len(values) >= k:
+                z_star[subject] = float(np.partition(values.to_numpy(), k - 1)[k - 1])
+        wanted = {subject: kn for subject, kn in wanted.items() if subject not in z_star}
+        if share >= 1.0:
+            break
+        share = min(1.0, 2 * share)  # the approximate bound fell short: widen it
+    return z_star
 
 
-def adjust_extreme_negatives(progressed: DataFrame, caps: DataFrame) -> DataFrame:
-    """Add `adjusted_progress` and `capped`: scores below their group's cap are raised to it.
+def caps_and_estimates(estimates: pd.DataFrame, groups: pd.DataFrame, z_star: dict[str, float]) -> pd.DataFrame:
+    """Per (subject, group): the estimate row with progress_mean, progress_sd and cap =
+    mean + z* x SD (null without a z* or an SD)."""
+    merged = estimates.merge(groups[[*GROUP_KEYS, "progress_mean", "progress_sd"]], on=GROUP_KEYS, how="left")
+    star = merged["subject"].map(z_star).astype("float64")
+    merged["cap"] = merged["progress_mean"] + star * merged["progress_sd"]
+    return merged
 
-    z < z* is the same as progress < cap when the group's SD is positive; a group with a
-    null or zero SD (one pupil, or identical scores) is never capped.
+
+def pupil_progress(long: DataFrame, table: DataFrame, rules: ProgressRules) -> DataFrame:
+    """Rules 2 and 3 per pupil: add estimate, progress, capped and adjusted_progress.
+
+    `table` has subject, prior_attainment_group, estimate and cap (one row per pair). A
+    pupil below their group's cap is raised to it; a group with a null or zero SD, or a
+    subject without z*, is never capped. Rows not `in_progress` get nulls.
     """
-    joined = progressed.join(
-        caps.select("subject", "prior_attainment_group", "cap"), on=["subject", "prior_attainment_group"], how="left"
+    joined = long.join(table.select(*GROUP_KEYS, "estimate", "cap"), on=GROUP_KEYS, how="left")
+    divisor = _by_subject_map(rules.divisors, 1.0)
+    progress = F.when(F.col("in_progress"), (F.col("outcome") - F.col("estimate")) / divisor).cast("double")
+    capped = progress.isNotNull() & F.col("cap").isNotNull() & (progress < F.col("cap"))
+    return (
+        joined.withColumn("progress", progress)
+        .withColumn("capped", F.coalesce(capped, F.lit(False)))
+        .withColumn("adjusted_progress", F.when(F.col("capped"), F.col("cap")).otherwise(F.col("progress")))
+        .drop("cap")
     )
-    capped = F.col("progress").isNotNull() & F.col("cap").isNotNull() & (F.col("progress") < F.col("cap"))
-    return joined.withColumn("capped", F.coalesce(capped, F.lit(False))).withColumn(
-        "adjusted_progress", F.when(F.col("capped"), F.col("cap")).otherwise(F.col("progress"))
-    ).drop("cap")
 
 
 def national_progress_sd(adjusted: DataFrame) -> DataFrame:
@@ -209,31 +254,64 @@ def school_scores(adjusted: DataFrame, national_sd: DataFrame, rules: ProgressRu
     )
 
 
-def progress_measures(long: DataFrame, rules: ProgressRules, published: DataFrame | None = None) -> dict[str, object]:
+_ESTIMATES_SCHEMA = T.StructType([
+    T.StructField("subject", T.StringType(), False),
+    T.StructField("prior_attainment_group", T.IntegerType(), False),
+    T.StructField("n", T.IntegerType()),
+    T.StructField("estimate", T.DoubleType()),
+    T.StructField("outcome_sd", T.DoubleType()),
+    T.StructField("progress_mean", T.DoubleType()),
+    T.StructField("progress_sd", T.DoubleType()),
+    T.StructField("cap", T.DoubleType()),
+])
+
+
+def progress_measures(long: DataFrame, rules: ProgressRules, published: pd.DataFrame | None = None) -> dict[str, object]:
     """Run rules 1-5 on a long pupil frame.
+
+    The national figures (estimates, group statistics, z*, caps, national SDs) are small
+    and computed on the driver from a few aggregations; the pupil and school frames are
+    left lazy over `long`, which the caller should persist.
 
     Args:
         long: one row per pupil per subject (columns in the module docstring).
         rules: the key stage's rules.
-        published: optional published estimates (subject, prior_attainment_group,
-            estimate, and national_sd per subject) to apply instead of computing them.
+        published: optional published estimates to apply instead of computing them, a
+            pandas frame of subject, prior_attainment_group, estimate, national_sd.
 
     Returns:
         "estimates" (per subject and group: n, estimate, outcome_sd, progress_mean,
-        progress_sd, cap), "pupils" (the long frame with estimate, progress, capped,
-        adjusted_progress), "schools" (per school and subject), and "z_star".
+        progress_sd, cap; n and outcome_sd null for published estimates), "pupils" (the
+        long frame with estimate, progress, capped, adjusted_progress), "schools" (per
+        school and subject), "z_star" (subject -> z*) and "national_sd" (subject -> SD).
     """
-    estimates = national_estimates(long, rules.estimate_method) if published is None else published
-    progressed = pupil_progress(long, estimates, rules)
-    caps, z_star = extreme_negative_caps(progressed, rules.extreme_share)
-    adjusted = adjust_extreme_negatives(progressed, caps)
-    if published is not None and "national_sd" in published.columns:
-        national_sd = published.select("subject", "national_sd").distinct()
+    spark = long.sparkSession
+    stats = outcome_statistics(long, rules.estimate_method)
+    if published is None:
+        estimates = national_estimates(stats, rules.estimate_method)
     else:
-        national_sd = national_progress_sd(adjusted)
-    schools = school_scores(adjusted, national_sd, rules)
-    estimates_out = estimates.join(caps, on=["subject", "prior_attainment_group"], how="left")
-    return {"estimates": estimates_out, "pupils": adjusted, "schools": schools, "z_star": z_star}
+        estimates = published[[*GROUP_KEYS, "estimate"]].assign(n=None, outcome_sd=None)
+        estimates["prior_attainment_group"] = estimates["prior_attainment_group"].astype("int64")
+    groups = group_progress_statistics(stats, estimates, rules)
+    z_star = extreme_negative_z_star(long, groups, rules)
+    table = caps_and_estimates(estimates, groups, z_star)
+    table_frame = _local_frame(spark, table, _ESTIMATES_SCHEMA)
+    adjusted = pupil_progress(long, table_frame, rules)
+    if published is not None:
+        national_sd = published.groupby("subject")["national_sd"].first().to_dict()
+    else:
+        national_sd = {row["subject"]: row["national_sd"] for row in national_progress_sd(adjusted).collect()}
+    sd_frame = spark.createDataFrame(
+        [(subject, None if sd is None else float(sd)) for subject, sd in sorted(national_sd.items())],
+        "subject string, national_sd double",
+    )
+    return {
+        "estimates": table_frame,
+        "pupils": adjusted,
+        "schools": school_scores(adjusted, sd_frame, rules),
+        "z_star": z_star,
+        "national_sd": national_sd,
+    }
 
 
 def _data_columns(schema) -> list[str]:

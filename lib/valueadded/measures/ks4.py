@@ -37,26 +37,21 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from valueadded.io.schemas import NATIONAL_ESTIMATES, PUPIL_PROGRESS, PUPIL_RESULTS, SCHOOL_MEASURES
 from valueadded.measures.estimates import (
-    ProgressRules,
-    adjust_extreme_negatives,
-    extreme_negative_caps,
     national_estimate_rows,
-    national_estimates,
-    national_progress_sd,
-    pupil_progress,
+    progress_measures,
     pupil_progress_rows,
     school_progress_rows,
-    school_scores,
 )
 from valueadded.measures.ks4_prior_attainment import NO_PRIOR_ATTAINMENT, ks2_prior_attainment, prior_attainment_group
 from valueadded.measures.ks4_tables import KS4_SUBJECTS, KS4YearTables, load_ks4_tables
-from valueadded.measures.published import check_applies, estimates_frame, load_published_estimates
+from valueadded.measures.published import check_applies, estimates_table, load_published_estimates
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +177,7 @@ def school_measure_rows(schools: DataFrame, pupils: DataFrame) -> DataFrame:
     """All KS4 `school_measures` rows: progress_<subject> (progress_8 for Progress 8) and attainment_8.
 
     Args:
-        schools: ks4_progress()["schools"].
+        schools: progress_measures()["schools"].
         pupils: with_attainment_and_prior() output.
     """
     progress = school_progress_rows(schools)
@@ -190,68 +185,14 @@ def school_measure_rows(schools: DataFrame, pupils: DataFrame) -> DataFrame:
     return progress.withColumn("measure", measure).unionByName(attainment_8_school_rows(pupils))
 
 
-def _gathered(frame: DataFrame) -> DataFrame:
-    """A small frame (per group or per subject) computed once and handed back from the driver.
-
-    Marked for broadcast: Spark cannot size a frame made from driver rows and would
-    otherwise shuffle the pupils to join it.
-    """
-    return F.broadcast(frame.sparkSession.createDataFrame(frame.collect(), frame.schema))
-
-
-def _estimates_to_apply(release, long: DataFrame, tables: KS4YearTables) -> tuple[DataFrame, str]:
-    """The (subject, group) estimates this run applies, and their source label.
-
-    Published: subject, prior_attainment_group, estimate, national_sd. Computed (from
-    `long`): subject, prior_attainment_group, n, estimate, outcome_sd.
-    """
+def _published_estimates(release, tables: KS4YearTables) -> tuple[pd.DataFrame | None, str]:
+    """The published estimates this run applies (None: compute them), and their source label."""
     name = (release.config.published_estimates or {}).get(KEY_STAGE)
-    if name:
-        table = load_published_estimates(name)
-        check_applies(table, KEY_STAGE, KS4_SUBJECTS, tables.prior_attainment_groups, tables.source)
-        return F.broadcast(estimates_frame(long.sparkSession, table, KS4_SUBJECTS)), table.source
-    return _gathered(national_estimates(long, tables.estimate_method)), COMPUTED_SOURCE
-
-
-def ks4_progress(long: DataFrame, estimates: DataFrame, rules: ProgressRules) -> dict[str, object]:
-    """estimates.progress_measures, step by step, with each reused intermediate computed once.
-
-    The steps and results are those of `progress_measures(long, rules, published=estimates)`
-    (`estimates` carries `national_sd` only when published). Run as one lazy plan, the
-    extreme-negative step's per-subject jobs and each output table would recompute the
-    pupils' progress and the group statistics from the start; here the national pupils'
-    progress is cached and the per-group caps and per-subject SDs are gathered once.
-    tests/unit/test_ks4.py checks the results equal progress_measures'.
-
-    Args:
-        long: the long pupil frame (one row per pupil per subject), ideally persisted.
-        estimates: subject, prior_attainment_group, estimate (one row per pair).
-
-    Returns:
-        The same keys as progress_measures: "estimates", "pupils", "schools", "z_star";
-        and "cached", the frame persisted here (for the caller to free).
-    """
-    progressed = pupil_progress(long, estimates, rules)
-    national = (
-        progressed.where(F.col("in_national") & F.col("progress").isNotNull())
-        .select("pupil_id", "subject", "prior_attainment_group", "progress", "in_national")
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    lazy_caps, z_star = extreme_negative_caps(national, rules.extreme_share)
-    caps = _gathered(lazy_caps)
-    adjusted = adjust_extreme_negatives(progressed, caps)
-    if "national_sd" in estimates.columns:
-        national_sd = estimates.select("subject", "national_sd").distinct()
-    else:
-        # Only in_national rows count, so the cached national rows give the same SDs.
-        national_sd = _gathered(national_progress_sd(adjust_extreme_negatives(national, caps)))
-    return {
-        "estimates": estimates.join(caps, on=["subject", "prior_attainment_group"], how="left"),
-        "pupils": adjusted,
-        "schools": school_scores(adjusted, national_sd, rules),
-        "z_star": z_star,
-        "cached": national,
-    }
+    if not name:
+        return None, COMPUTED_SOURCE
+    table = load_published_estimates(name)
+    check_applies(table, KEY_STAGE, KS4_SUBJECTS, tables.prior_attainment_groups, tables.source)
+    return estimates_table(table, KS4_SUBJECTS), table.source
 
 
 def stage_measures(release) -> None:
@@ -269,9 +210,8 @@ def stage_measures(release) -> None:
 
     long = progress_long_frame(pupils).persist(StorageLevel.MEMORY_AND_DISK)
     release.frames["ks4_long"] = long
-    estimates, source = _estimates_to_apply(release, long, tables)
-    result = ks4_progress(long, estimates, tables.progress_rules())
-    release.frames["ks4_national_progress"] = result["cached"]
+    published, source = _published_estimates(release, tables)
+    result = progress_measures(long, tables.progress_rules(), published)
     release.record.row_counts["ks4_z_star"] = result["z_star"]
 
     release.publish(PUPIL_PROGRESS, pupil_progress_rows(_without_estimate_is_excluded(result["pupils"])))

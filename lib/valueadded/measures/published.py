@@ -10,14 +10,14 @@ is a `ConfigError` naming the file, so a release never applies half a table.
 
 from __future__ import annotations
 
+import pandas as pd
+
 import csv
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import types as T
 
 from valueadded.config import REPO_CONF_DIR, ConfigError, ReleaseConfig, check_keys, read_yaml
 
@@ -179,20 +179,14 @@ def check_applies(table: PublishedEstimates, key_stage: str, subjects: tuple[str
         raise ConfigError(f"{where}: group ranges of {table.name!r} differ from {year_source} (published, configured): {differ}")
 
 
-def estimates_frame(spark: SparkSession, table: PublishedEstimates, subjects: tuple[str, ...]) -> DataFrame:
+def estimates_table(table: PublishedEstimates, subjects: tuple[str, ...]) -> pd.DataFrame:
     """One row per (subject, group): subject, prior_attainment_group, estimate, national_sd."""
-    schema = T.StructType([
-        T.StructField("subject", T.StringType(), False),
-        T.StructField("prior_attainment_group", T.IntegerType(), False),
-        T.StructField("estimate", T.DoubleType(), False),
-        T.StructField("national_sd", T.DoubleType(), False),
-    ])
     rows = [
-        (subject, group, estimate, table.national_sds[subject])
+        (subject, group, float(estimate), float(table.national_sds[subject]))
         for (subject, group), estimate in sorted(table.estimates.items())
         if subject in subjects
     ]
-    return spark.createDataFrame(rows, schema)
+    return pd.DataFrame(rows, columns=["subject", "prior_attainment_group", "estimate", "national_sd"])
 
 
 def with_published_estimates(config: ReleaseConfig, name: str) -> ReleaseConfig:
