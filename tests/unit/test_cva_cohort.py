@@ -32,8 +32,8 @@ YEAR, SEED, SCALE = 2024, 11, 0.2
 
 
 class Cohort:
-    def __init__(self, spark, root):
-        generate_cohort(root, year=YEAR, seed=SEED, scale=SCALE, files=2)
+    def __init__(self, spark, root, scale=SCALE):
+        generate_cohort(root, year=YEAR, seed=SEED, scale=scale, files=2)
         self.root = root
         self.spec = load_model_spec("ks4_mainstream.yaml")
         self.terms = [t for t in self.spec.term_names if t != "intercept"]
