@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -159,7 +160,9 @@ class TableStore:
                 .save(str(target))
             )
             return self.version(schema)
+        started = time.perf_counter()
         actions = self._write_files(keyed.select(*data_columns), schema, year, key_stage, data_stage)
+        written = time.perf_counter() - started
         if self.version(schema) is None:
             create_table_with_add_actions(
                 str(target), DeltaSchema.from_arrow(schema.arrow_schema()), actions, partition_by=list(PARTITION_NAMES)
@@ -172,6 +175,11 @@ class TableStore:
                 partition_by=list(PARTITION_NAMES),
                 partition_filters=[(name, "=", str(value)) for name, value in zip(PARTITION_NAMES, (int(year), key_stage, data_stage))],
             )
+        log.info(json.dumps({
+            "table": schema.name, "partition": [int(year), key_stage, data_stage], "files": len(actions),
+            "rows": sum(json.loads(a.stats)["numRecords"] for a in actions),
+            "write_seconds": round(written, 3), "commit_seconds": round(time.perf_counter() - started - written, 3),
+        }))
         return self.version(schema)
 
     def _write_files(self, frame: DataFrame, schema: TableSchema, year: int, key_stage: str, data_stage: str) -> list[AddAction]:
