@@ -21,10 +21,11 @@ from valueadded.config import CVA_EMPTY_TERMS, ConfigError, load_release_config
 from valueadded.cva.reml import RemlError
 from valueadded.io.inputs import StructuralInputError
 from valueadded.io.intake import ValidationThresholdError
+from valueadded.io.publish import PartitionLockedError
 
 log = logging.getLogger("valueadded")
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_THRESHOLD = 0, 1, 2, 3
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_THRESHOLD, EXIT_BUSY = 0, 1, 2, 3, 4
 DEFAULT_YEAR = 2024
 DEFAULT_SEED = 20240
 DEFAULT_DATA_DIR = Path("data")
@@ -163,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationThresholdError as error:
         log.error("validation threshold: %s", error)
         return EXIT_THRESHOLD
+    except PartitionLockedError as error:
+        log.error("partition busy: %s", error)
+        return EXIT_BUSY
     except Exception:  # anything else is a defect, reported with its traceback
         log.exception("internal error")
         return EXIT_INTERNAL

@@ -29,7 +29,8 @@ from valueadded.cva.stage import stage_cva
 from valueadded.io.delta_store import TableStore
 from valueadded.io.intake import Intake, check_rejected_share, run_intake
 from valueadded.io.runlog import RunRecord
-from valueadded.io.schemas import PUPIL_RESULTS, REJECTED_ROWS, RUNS, TableSchema
+from valueadded.io.publish import PartitionLock, publish, recover_partition
+from valueadded.io.schemas import OUTPUT_TABLES, PUPIL_RESULTS, REJECTED_ROWS, RUNS, TableSchema
 from valueadded.measures import ks2, ks4
 from valueadded.measures.cohort import build_pupil_table
 
@@ -118,11 +119,13 @@ def stage_reconcile(release: Release) -> None:
 
 
 def stage_write(release: Release) -> None:
+    """Stage every output table's partition, then publish them all together (io/publish.py)."""
     store = TableStore(release.spark, release.output_dir)
-    for name, (schema, frame) in release.outputs.items():
-        release.record.table_versions[name] = store.replace_partition(
-            frame, schema, release.year, release.key_stage, release.data_stage
-        )
+    staged = [
+        store.stage_partition(frame, schema, release.year, release.key_stage, release.data_stage)
+        for schema, frame in release.outputs.values()
+    ]
+    release.record.table_versions.update(publish(store, staged, release.record.run_id))
 
 
 # Measures register their stages here, per key stage, in the order they run.
@@ -165,7 +168,12 @@ def run_release(
     )
     release = Release(spark, config, Path(input_dir), Path(output_dir), year, key_stage, data_stage, record)
     status, error = "succeeded", None
+    lock = PartitionLock(Path(output_dir), year, key_stage, data_stage, record.run_id)
     try:
+        lock.acquire()  # a second run of the same partition stops here (PartitionLockedError)
+        recovered = recover_partition(TableStore(spark, output_dir), (int(year), key_stage, data_stage), OUTPUT_TABLES)
+        if recovered:
+            record.row_counts["recovered_tables"] = recovered
         for name, stage in stages_for(key_stage):
             started = time.perf_counter()
             # Spark's UI and event log show each job under the release stage that ran it.
@@ -173,7 +181,7 @@ def run_release(
             stage(release)
             record.stage_timings[name] = time.perf_counter() - started
             log.info(json.dumps({"run_id": record.run_id, "stage": name, "seconds": round(record.stage_timings[name], 3)}))
-    except Exception as failure:
+    except BaseException as failure:  # an interrupt too: the run log must never say succeeded
         status, error = "failed", f"{type(failure).__name__}: {failure}"
         raise
     finally:
@@ -182,6 +190,7 @@ def run_release(
             TableStore(spark, output_dir).append(record.to_arrow(status, error), RUNS)
         except Exception:  # the run's own error matters more than a failed log write
             log.exception("could not append the run to the runs table")
+        lock.release()
         for frame in release.frames.values():
             frame.unpersist()
         if release.intake is not None:

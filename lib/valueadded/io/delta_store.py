@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -91,6 +92,23 @@ def _same_types(found: pa.Schema, target: pa.Schema) -> bool:
     return [(f.name, f.type) for f in found] == [(f.name, f.type) for f in target]
 
 
+@dataclass(frozen=True)
+class StagedPartition:
+    """A table partition whose data files are written but not yet published."""
+
+    schema: TableSchema
+    partition: tuple[int, str, str]  # academic_year, key_stage, data_stage
+    actions: list[AddAction]  # delta-rs: the files to commit
+    staging_dir: Path | None  # delta-spark: the staged Parquet to copy in
+    write_seconds: float
+
+    @property
+    def rows(self) -> int | None:
+        if self.staging_dir is not None:
+            return None
+        return sum(json.loads(action.stats)["numRecords"] for action in self.actions)
+
+
 class TableStore:
     """The Delta tables of one output location."""
 
@@ -128,13 +146,24 @@ class TableStore:
     def replace_partition(self, frame: DataFrame, schema: TableSchema, year: int, key_stage: str, data_stage: str) -> int:
         """Replace one (year, key stage, data stage) partition of a table in one commit.
 
+        The same as `commit(stage_partition(...))`; a release stages every table first and
+        publishes them together (valueadded.io.publish).
+
+        Returns:
+            The table's Delta version after the commit.
+        """
+        return self.commit(self.stage_partition(frame, schema, year, key_stage, data_stage))
+
+    def stage_partition(self, frame: DataFrame, schema: TableSchema, year: int, key_stage: str, data_stage: str) -> StagedPartition:
+        """Compute and write a partition's data files without publishing them.
+
         Args:
             frame: the partition's rows with every column of `schema`; the partition
                 columns may be absent, and are set here from the arguments either way.
             schema: the table's declaration.
 
-        Returns:
-            The table's Delta version after the commit.
+        Readers see nothing of a staged partition until `commit`; a run that stops
+        before then leaves only unreferenced files.
         """
         data_columns = [name for name in schema.names if name not in PARTITION_NAMES]
         missing = [name for name in data_columns if name not in frame.columns]
@@ -149,36 +178,38 @@ class TableStore:
         )
         check_frame_schema(keyed, schema)
         self._check_existing(schema)
-        predicate = partition_predicate(year, key_stage, data_stage)
+        partition = (int(year), key_stage, data_stage)
+        partition_predicate(*partition)  # checks the values
+        started = time.perf_counter()
+        if self.backend == "delta-spark":
+            staging = self.root / "_staging" / f"{schema.name}-{uuid.uuid4().hex}"
+            keyed.write.parquet(str(staging))
+            staged = StagedPartition(schema, partition, [], staging, time.perf_counter() - started)
+        else:
+            actions = self._write_files(keyed.select(*data_columns), schema, *partition)
+            staged = StagedPartition(schema, partition, actions, None, time.perf_counter() - started)
+        return staged
+
+    def commit(self, staged: StagedPartition) -> int:
+        """Publish a staged partition: one Delta commit replacing the partition's files."""
+        schema, partition = staged.schema, staged.partition
         target = self.path(schema)
+        started = time.perf_counter()
         if self.backend == "delta-spark":
             (
-                keyed.write.format("delta")
+                self.spark.read.parquet(str(staged.staging_dir))
+                .write.format("delta")
                 .mode("overwrite")
-                .option("replaceWhere", predicate)
+                .option("replaceWhere", partition_predicate(*partition))
                 .partitionBy(*PARTITION_NAMES)
                 .save(str(target))
             )
-            return self.version(schema)
-        started = time.perf_counter()
-        actions = self._write_files(keyed.select(*data_columns), schema, year, key_stage, data_stage)
-        written = time.perf_counter() - started
-        if self.version(schema) is None:
-            create_table_with_add_actions(
-                str(target), DeltaSchema.from_arrow(schema.arrow_schema()), actions, partition_by=list(PARTITION_NAMES)
-            )
+            shutil.rmtree(staged.staging_dir, ignore_errors=True)
         else:
-            DeltaTable(str(target)).create_write_transaction(
-                actions,
-                mode="overwrite",
-                schema=schema.arrow_schema(),
-                partition_by=list(PARTITION_NAMES),
-                partition_filters=[(name, "=", str(value)) for name, value in zip(PARTITION_NAMES, (int(year), key_stage, data_stage))],
-            )
+            self._commit_actions(schema, partition, staged.actions)
         log.info(json.dumps({
-            "table": schema.name, "partition": [int(year), key_stage, data_stage], "files": len(actions),
-            "rows": sum(json.loads(a.stats)["numRecords"] for a in actions),
-            "write_seconds": round(written, 3), "commit_seconds": round(time.perf_counter() - started - written, 3),
+            "table": schema.name, "partition": list(partition), "files": len(staged.actions), "rows": staged.rows,
+            "write_seconds": round(staged.write_seconds, 3), "commit_seconds": round(time.perf_counter() - started, 3),
         }))
         return self.version(schema)
 
@@ -225,6 +256,44 @@ class TableStore:
             shutil.rmtree(staging, ignore_errors=True)
             if (target / "_staging").is_dir() and not any((target / "_staging").iterdir()):
                 (target / "_staging").rmdir()
+
+    def _commit_actions(self, schema: TableSchema, partition: tuple[int, str, str], actions: list[AddAction]) -> None:
+        target = self.path(schema)
+        if self.version(schema) is None:
+            create_table_with_add_actions(
+                str(target), DeltaSchema.from_arrow(schema.arrow_schema()), actions, partition_by=list(PARTITION_NAMES)
+            )
+        else:
+            DeltaTable(str(target)).create_write_transaction(
+                actions,
+                mode="overwrite",
+                schema=schema.arrow_schema(),
+                partition_by=list(PARTITION_NAMES),
+                partition_filters=[(name, "=", str(value)) for name, value in zip(PARTITION_NAMES, partition)],
+            )
+
+    def restore_partition(self, schema: TableSchema, partition: tuple[int, str, str], version: int | None) -> None:
+        """Make one partition hold what it held at `version` (nothing if None), in one commit.
+
+        Only this partition changes: other runs' partitions of the same table keep
+        whatever they have committed since. The old files are still on disk (nothing is
+        vacuumed by the engine), so no data is rewritten.
+        """
+        if self.version(schema) is None:
+            return
+        actions: list[AddAction] = []
+        if version is not None:
+            old = pa.record_batch(DeltaTable(str(self.path(schema)), version=version).get_add_actions(flatten=False)).to_pylist()
+            wanted = {"academic_year": str(partition[0]), "key_stage": partition[1], "data_stage": partition[2]}
+            for row in old:
+                values = {k: (None if v is None else str(v)) for k, v in row["partition_values"].items()}
+                if values == wanted:
+                    actions.append(AddAction(
+                        path=row["path"], size=int(row["size_bytes"]), partition_values=values,
+                        modification_time=int(row["modification_time"].timestamp() * 1000) if hasattr(row["modification_time"], "timestamp") else int(row["modification_time"]),
+                        data_change=True, stats=json.dumps({"numRecords": int(row["num_records"])}),
+                    ))
+        self._commit_actions(schema, partition, actions)
 
     def append(self, table: pa.Table, schema: TableSchema) -> int:
         """Append a few driver-side rows (the run log) to a table."""

@@ -1,0 +1,192 @@
+"""Publishing a release: all tables or none, one run per partition, recovery after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from pyspark.sql import functions as F
+
+from valueadded.cli import EXIT_BUSY, main
+from valueadded.io import publish as publishing
+from valueadded.io.delta_store import TableStore
+from valueadded.io.publish import PartitionLock, PartitionLockedError, journal_path, publish, recover_partition
+from valueadded.io.schemas import OUTPUT_TABLES, PARTITION_COLUMNS, Column, TableSchema
+
+PARTITION = (2024, "ks2", "unvalidated")
+SCORES = TableSchema(
+    name="scores", grain="one row per school", partition_by=("academic_year", "key_stage", "data_stage"),
+    columns=(*PARTITION_COLUMNS, Column("school_id", "string", False), Column("score", "double", True)),
+)
+COUNTS = TableSchema(
+    name="counts", grain="one row per school", partition_by=("academic_year", "key_stage", "data_stage"),
+    columns=(*PARTITION_COLUMNS, Column("school_id", "string", False), Column("n", "int", False)),
+)
+SCHEMAS = {"scores": SCORES, "counts": COUNTS}
+
+
+def _scores(spark, value):
+    return spark.createDataFrame([("A", value), ("B", value + 1)], "school_id string, score double")
+
+
+def _counts(spark, n):
+    return spark.createDataFrame([("A", n)], "school_id string, n int")
+
+
+def _content(store, schema, partition=PARTITION):
+    return sorted(tuple(r) for r in store.read(schema, *partition).drop("academic_year", "key_stage", "data_stage").collect())
+
+
+# ------------------------------------------------------------------------- locks
+
+
+def test_second_run_of_a_partition_is_refused_naming_the_first(tmp_path):
+    with PartitionLock(tmp_path, *PARTITION, run_id="first"):
+        with pytest.raises(PartitionLockedError, match=r"2024-ks2-unvalidated is being released by run first .*process"):
+            PartitionLock(tmp_path, *PARTITION, run_id="second").acquire()
+        # Another data stage or year is another partition: allowed at the same time.
+        with PartitionLock(tmp_path, 2024, "ks2", "validated", run_id="third"):
+            pass
+    with PartitionLock(tmp_path, *PARTITION, run_id="second"):  # free again once the first ends
+        pass
+    assert not any((tmp_path / "_locks").iterdir())
+
+
+def test_lock_of_a_dead_process_on_this_machine_is_taken_over(tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = PartitionLock(tmp_path, *PARTITION, run_id="killed")
+    lock.path.parent.mkdir(parents=True)
+    holder = {"run_id": "killed", "pid": dead.pid, "host": os.uname().nodename, "started_at": "2026-01-01T00:00:00+00:00"}
+    lock.path.write_text(json.dumps(holder))
+    with PartitionLock(tmp_path, *PARTITION, run_id="next") as taken:
+        assert json.loads(taken.path.read_text())["run_id"] == "next"
+    assert "no longer running" in caplog.text
+
+
+def test_release_of_a_busy_partition_exits_with_code_4(tmp_path):
+    with PartitionLock(tmp_path / "out", 2024, "ks2", "unvalidated", run_id="holder"):
+        code = main(["release", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--year", "2024",
+                     "--key-stage", "ks2", "--stage", "unvalidated"])
+    assert code == EXIT_BUSY
+
+
+# ------------------------------------------------------------------- all or none
+
+
+def test_failed_publication_puts_every_table_back(spark, tmp_path, monkeypatch):
+    store = TableStore(spark, tmp_path)
+    publish(store, [store.stage_partition(_scores(spark, 1.0), SCORES, *PARTITION),
+                    store.stage_partition(_counts(spark, 10), COUNTS, *PARTITION)], "before")
+    before = (_content(store, SCORES), _content(store, COUNTS))
+
+    staged = [store.stage_partition(_scores(spark, 5.0), SCORES, *PARTITION), store.stage_partition(_counts(spark, 50), COUNTS, *PARTITION)]
+    original = store.commit
+
+    def fail_on_counts(item):
+        if item.schema.name == "counts":
+            raise OSError("disk full")
+        return original(item)
+
+    monkeypatch.setattr(store, "commit", fail_on_counts)
+    with pytest.raises(OSError, match="disk full"):
+        publish(store, staged, "failing")
+    assert (_content(store, SCORES), _content(store, COUNTS)) == before
+    assert not journal_path(tmp_path, PARTITION).exists()
+
+
+def test_publication_killed_between_commits_is_put_back_by_the_next_run(spark, tmp_path, monkeypatch):
+    store = TableStore(spark, tmp_path)
+    publish(store, [store.stage_partition(_scores(spark, 1.0), SCORES, *PARTITION),
+                    store.stage_partition(_counts(spark, 10), COUNTS, *PARTITION)], "before")
+    before = (_content(store, SCORES), _content(store, COUNTS))
+    staged = [store.stage_partition(_scores(spark, 5.0), SCORES, *PARTITION), store.stage_partition(_counts(spark, 50), COUNTS, *PARTITION)]
+    original = store.commit
+
+    class Killed(BaseException):
+        pass
+
+    def killed_on_counts(item):
+        if item.schema.name == "counts":
+            raise Killed()
+        return original(item)
+
+    # A killed process runs no clean-up: no put-back after the first commit.
+    monkeypatch.setattr(store, "commit", killed_on_counts)
+    monkeypatch.setattr(publishing, "recover_partition", lambda *args: [])
+    with pytest.raises(Killed):
+        publish(store, staged, "killed")
+    assert _content(store, SCORES) != before[0]  # half published
+    assert journal_path(tmp_path, PARTITION).exists()
+    monkeypatch.undo()
+
+    assert recover_partition(TableStore(spark, tmp_path), PARTITION, SCHEMAS) == ["counts", "scores"]
+    assert (_content(store, SCORES), _content(store, COUNTS)) == before
+    assert not journal_path(tmp_path, PARTITION).exists()
+
+
+def test_putting_back_one_partition_keeps_a_concurrent_runs_partition(spark, tmp_path):
+    store = TableStore(spark, tmp_path)
+    other = (2024, "ks4", "unvalidated")
+    publish(store, [store.stage_partition(_scores(spark, 1.0), SCORES, *PARTITION)], "a")
+    version = store.version(SCORES)
+    publish(store, [store.stage_partition(_scores(spark, 2.0), SCORES, *PARTITION)], "b")
+    publish(store, [store.stage_partition(_scores(spark, 9.0), SCORES, *other)], "concurrent")
+    store.restore_partition(SCORES, PARTITION, version)
+    assert _content(store, SCORES) == [("A", 1.0), ("B", 2.0)]
+    assert _content(store, SCORES, other) == [("A", 9.0), ("B", 10.0)]
+    store.restore_partition(SCORES, PARTITION, None)  # before the table existed: empty
+    assert _content(store, SCORES) == [] and _content(store, SCORES, other) == [("A", 9.0), ("B", 10.0)]
+
+
+# ----------------------------------------------------------- a real killed process
+
+
+def _versions(output):
+    versions = {}
+    for schema in OUTPUT_TABLES.values():
+        path = output / schema.audience / schema.name
+        if path.is_dir():
+            from deltalake import DeltaTable
+
+            versions[schema.name] = DeltaTable(str(path)).version()
+    return versions
+
+
+@pytest.mark.slow
+def test_release_killed_with_a_signal_leaves_every_table_as_it_was(generated_release, spark, tmp_path):
+    """A separate `valueadded release` process, killed with SIGKILL while it writes,
+    changes no published table; the next run takes over its lock and publishes."""
+    output = tmp_path / "output"
+    shutil.copytree(generated_release.output_dir, output)
+    before = _versions(output)
+    store = TableStore(spark, output)
+    pupils_before = store.read(OUTPUT_TABLES["pupil_results"], 2024, "ks2", "unvalidated").count()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "valueadded.cli", "release", "--input", str(generated_release.input_dir), "--output", str(output),
+         "--year", "2024", "--key-stage", "ks2", "--stage", "unvalidated"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    # Wait until it is writing table files, then kill the whole process group (driver and JVM).
+    while not list(output.glob("*/*/_staging")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the release finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert _versions(output) == before
+    assert store.read(OUTPUT_TABLES["pupil_results"], 2024, "ks2", "unvalidated").count() == pupils_before
+    assert (output / "_locks" / "2024-ks2-unvalidated.lock").exists()  # left by the killed run
+
+    code = main(["release", "--input", str(generated_release.input_dir), "--output", str(output), "--year", "2024",
+                 "--key-stage", "ks2", "--stage", "unvalidated"])
+    assert code == 0
+    assert all(_versions(output)[name] > version for name, version in before.items() if name != "runs")
+    assert not (output / "_locks" / "2024-ks2-unvalidated.lock").exists()
