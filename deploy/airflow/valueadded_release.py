@@ -62,7 +62,7 @@ except ImportError:  # Airflow 2.4 to 2.11
 log = logging.getLogger(__name__)
 
 # The exit codes of valueadded.cli (tests/unit/test_deploy.py checks that they match).
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_THRESHOLD = 0, 1, 2, 3
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_THRESHOLD, EXIT_BUSY = 0, 1, 2, 3, 4
 # Failures that a retry would only repeat.
 NO_RETRY_EXIT_CODES = {
     EXIT_BAD_INPUT: "bad input or configuration",
@@ -124,6 +124,8 @@ def failure_for_exit_code(code: int) -> tuple[bool, str] | None:
         return False, NO_RETRY_EXIT_CODES[code]
     if code == EXIT_INTERNAL:
         return True, "internal error (the traceback is in the log)"
+    if code == EXIT_BUSY:
+        return True, "another run is releasing the same partition (retried after the delay)"
     return True, "spark-submit or the driver stopped abnormally"
 
 

@@ -237,11 +237,12 @@ def test_dag_exit_codes_are_the_command_lines(dag_functions):
     assert dag_functions["EXIT_INTERNAL"] == cli.EXIT_INTERNAL
     assert dag_functions["EXIT_BAD_INPUT"] == cli.EXIT_BAD_INPUT
     assert dag_functions["EXIT_THRESHOLD"] == cli.EXIT_THRESHOLD
+    assert dag_functions["EXIT_BUSY"] == cli.EXIT_BUSY
 
 
 @pytest.mark.parametrize(
     ("code", "retry"),
-    [(cli.EXIT_OK, None), (cli.EXIT_BAD_INPUT, False), (cli.EXIT_THRESHOLD, False), (cli.EXIT_INTERNAL, True), (137, True), (-9, True)],
+    [(cli.EXIT_OK, None), (cli.EXIT_BAD_INPUT, False), (cli.EXIT_THRESHOLD, False), (cli.EXIT_INTERNAL, True), (cli.EXIT_BUSY, True), (137, True), (-9, True)],
 )
 def test_dag_retries_only_internal_failures(dag_functions, code, retry):
     failure = dag_functions["failure_for_exit_code"](code)
