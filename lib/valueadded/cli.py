@@ -93,6 +93,16 @@ def cmd_release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from valueadded.io.snapshot import export_run
+
+    rows = export_run(Path(args.output), args.run, Path(args.to))
+    for name, count in rows.items():
+        print(f"{name}: {count:,} rows")
+    print(f"Run {args.run} as published: Parquet files and manifest.json in {Path(args.to).resolve()}")
+    return EXIT_OK
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     from valueadded.docs import write_docs
 
@@ -137,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     release.add_argument("--published-estimates", metavar="NAME", help="apply published estimates conf/reference/published/NAME (overrides --config)")
     release.set_defaults(handler=cmd_release)
+
+    snapshot = sub.add_parser("snapshot", help="write every table of an earlier run exactly as it published them (from the run log)")
+    snapshot.add_argument("--output", default=str(DEFAULT_OUTPUT_DIR), help="the release's output root (holding restricted/runs)")
+    snapshot.add_argument("--run", required=True, help="run id, from the runs table")
+    snapshot.add_argument("--to", required=True, help="folder to write <table>.parquet files and manifest.json into")
+    snapshot.set_defaults(handler=cmd_snapshot)
 
     docs = sub.add_parser("docs", help="regenerate docs/inputs.md, tables.md and validation.md from the code")
     docs.add_argument("--out", default="docs")

@@ -116,6 +116,41 @@ def stage_reconcile(release: Release) -> None:
     broken = {name: pair for name, pair in checks.items() if pair[0] != pair[1]}
     if broken:
         raise ReconciliationError(f"rows in != included + excluded + rejected: {broken}")
+    release.record.row_counts["amendments"] = amendment_counts(release, pupils)
+
+
+def amendment_counts(release: Release, pupils: DataFrame) -> dict:
+    """What the checking exercise's amendments did in this run, for the run log.
+
+    `accepted`: the accepted amendments per action (corrections per results column) and
+    how many of them name a pupil in this run's pupil table. `rows_changed`: pupils taken
+    out as removed_at_checking and results rows corrected (validated stage only), and
+    pupils held back as added_at_checking (unvalidated stage only: they count once
+    validated).
+    """
+    kind = F.when(F.col("action") == "correct", F.concat(F.lit("correct "), F.col("field"))).otherwise(F.col("action"))
+    in_table = F.broadcast(release.intake.amendments.select("pupil_id").distinct()).join(
+        pupils.select("pupil_id"), on="pupil_id", how="left_semi"
+    ).withColumn("_in_table", F.lit(True))
+    accepted = {
+        row["kind"]: {"amendments": row["n"], "pupils_in_table": row["in_table"]}
+        for row in release.intake.amendments.withColumn("kind", kind)
+        .join(in_table, on="pupil_id", how="left")
+        .groupBy("kind")
+        .agg(F.count(F.lit(1)).alias("n"), F.count("_in_table").alias("in_table"))
+        .collect()
+    }
+    by_reason = release.record.row_counts["pupil_results"]["by_reason"]
+    corrected = pupils.where(F.col("amended")).count() if release.data_stage == "validated" else 0
+    return {
+        "applied": release.data_stage == "validated",
+        "accepted": dict(sorted(accepted.items())),
+        "rows_changed": {
+            "removed_at_checking": by_reason.get("removed_at_checking", 0),
+            "added_at_checking_held_back": by_reason.get("added_at_checking", 0),
+            "results_corrected": corrected,
+        },
+    }
 
 
 def stage_write(release: Release) -> None:

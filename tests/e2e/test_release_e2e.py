@@ -70,6 +70,30 @@ def test_data_stages_differ_exactly_by_checking_exercise_and_discounting(release
         assert counted.included.sum() > 0
 
 
+def test_run_log_says_what_the_amendments_changed(released):
+    root, _, store = released
+    runs = store.read(RUNS).toPandas()
+    for key_stage in ("ks2", "ks4"):
+        amendments = _input_rows(root, "amendments", key_stage=key_stage)
+        logged = {}
+        for stage in ("unvalidated", "validated"):
+            (run,) = runs[(runs.key_stage == key_stage) & (runs.data_stage == stage)].itertuples()
+            logged[stage] = json.loads(run.row_counts_json)["amendments"]
+            pupils = store.read(PUPIL_RESULTS, YEAR, key_stage, stage).toPandas()
+            changed = logged[stage]["rows_changed"]
+            assert changed["removed_at_checking"] == (pupils.exclusion_reason == "removed_at_checking").sum()
+            assert changed["added_at_checking_held_back"] == (pupils.exclusion_reason == "added_at_checking").sum()
+            assert changed["results_corrected"] == pupils.amended.sum()
+        assert logged["validated"]["applied"] and not logged["unvalidated"]["applied"]
+        assert logged["validated"]["rows_changed"]["removed_at_checking"] > 0
+        assert logged["validated"]["rows_changed"]["results_corrected"] > 0
+        assert logged["unvalidated"]["rows_changed"]["added_at_checking_held_back"] > 0
+        assert logged["unvalidated"]["rows_changed"]["results_corrected"] == 0
+        accepted = logged["validated"]["accepted"]
+        assert accepted["remove"]["amendments"] <= (amendments.action == "remove").sum()
+        assert sum(v["amendments"] for k, v in accepted.items() if k.startswith("correct ")) > 0
+
+
 def test_rerun_replaces_its_partition_and_keeps_the_other(released, spark, tmp_path):
     root, _, _ = released
     shutil.copytree(root / "output", tmp_path / "output")  # the shared release stays as it was
@@ -82,6 +106,18 @@ def test_rerun_replaces_its_partition_and_keeps_the_other(released, spark, tmp_p
     assert store.read(PUPIL_RESULTS, YEAR, "ks2", "validated").count() == validated_before
     again = sorted(map(tuple, store.read(PUPIL_RESULTS, YEAR, "ks2", "unvalidated").toPandas().astype(str).values))
     assert again == unvalidated_rows
+
+    # The first run is still reproducible exactly from the run log, after the re-run.
+    runs = store.read(RUNS).where((F.col("key_stage") == "ks2") & (F.col("data_stage") == "unvalidated")).orderBy("started_at").toPandas()
+    first, second = runs.run_id
+    assert json.loads(runs.table_versions_json[0])["pupil_results"] < json.loads(runs.table_versions_json[1])["pupil_results"]
+    assert main(["snapshot", "--output", str(tmp_path / "output"), "--run", first, "--to", str(tmp_path / "first")]) == 0
+    exported = pq.read_table(tmp_path / "first" / "pupil_results.parquet").to_pandas()
+    assert sorted(map(tuple, exported.astype(str).values)) == unvalidated_rows
+    manifest = json.loads((tmp_path / "first" / "manifest.json").read_text())
+    assert manifest["partition"] == [YEAR, "ks2", "unvalidated"] and manifest["run_id"] == first
+    assert set(manifest["rows"]) == set(json.loads(runs.table_versions_json[0]))
+    assert main(["snapshot", "--output", str(tmp_path / "output"), "--run", "no-such-run", "--to", str(tmp_path / "x")]) == 2
 
 
 def test_bad_input_exit_codes(released, tmp_path):
