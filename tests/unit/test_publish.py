@@ -190,3 +190,38 @@ def test_release_killed_with_a_signal_leaves_every_table_as_it_was(generated_rel
     assert code == 0
     assert all(_versions(output)[name] > version for name, version in before.items() if name != "runs")
     assert not (output / "_locks" / "2024-ks2-unvalidated.lock").exists()
+
+
+def test_runs_of_different_partitions_publish_at_the_same_time(spark, tmp_path):
+    """Two releases of other partitions commit to the same tables concurrently: Delta's
+    optimistic commits retry, and both end up published."""
+    import threading
+
+    store = TableStore(spark, tmp_path)
+    partitions = [(2024, "ks2", "unvalidated"), (2024, "ks2", "validated"), (2023, "ks4", "validated")]
+    rounds = 5
+    staged = {
+        p: [[store.stage_partition(_scores(spark, float(i)), SCORES, *p), store.stage_partition(_counts(spark, i), COUNTS, *p)]
+            for i in range(rounds)]
+        for p in partitions
+    }
+    errors = []
+
+    def release(partition):
+        try:
+            for i in range(rounds):
+                with PartitionLock(tmp_path, *partition, run_id=f"{partition}-{i}"):
+                    publish(store, staged[partition][i], f"{partition}-{i}")
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=release, args=(p,)) for p in partitions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for partition in partitions:
+        assert _content(store, SCORES, partition) == [("A", float(rounds - 1)), ("B", float(rounds))]
+        assert _content(store, COUNTS, partition) == [("A", rounds - 1)]
+    assert store.version(SCORES) == len(partitions) * rounds - 1

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.transaction import AddAction, create_table_with_add_actions
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -260,17 +260,23 @@ class TableStore:
     def _commit_actions(self, schema: TableSchema, partition: tuple[int, str, str], actions: list[AddAction]) -> None:
         target = self.path(schema)
         if self.version(schema) is None:
-            create_table_with_add_actions(
-                str(target), DeltaSchema.from_arrow(schema.arrow_schema()), actions, partition_by=list(PARTITION_NAMES)
-            )
-        else:
-            DeltaTable(str(target)).create_write_transaction(
-                actions,
-                mode="overwrite",
-                schema=schema.arrow_schema(),
-                partition_by=list(PARTITION_NAMES),
-                partition_filters=[(name, "=", str(value)) for name, value in zip(PARTITION_NAMES, partition)],
-            )
+            try:
+                create_table_with_add_actions(
+                    str(target), DeltaSchema.from_arrow(schema.arrow_schema()), actions, partition_by=list(PARTITION_NAMES)
+                )
+                return
+            except DeltaError:
+                if self.version(schema) is None:
+                    raise
+                # Another run (another partition) created the table first: add to it.
+                self._check_existing(schema)
+        DeltaTable(str(target)).create_write_transaction(
+            actions,
+            mode="overwrite",
+            schema=schema.arrow_schema(),
+            partition_by=list(PARTITION_NAMES),
+            partition_filters=[(name, "=", str(value)) for name, value in zip(PARTITION_NAMES, partition)],
+        )
 
     def restore_partition(self, schema: TableSchema, partition: tuple[int, str, str], version: int | None) -> None:
         """Make one partition hold what it held at `version` (nothing if None), in one commit.
