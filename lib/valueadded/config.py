@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from valueadded.rollup.config import RollupConfig
 
 REPO_CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DEFAULT_RELEASE_CONFIG = REPO_CONF_DIR / "releases" / "default.yaml"
@@ -63,6 +66,9 @@ class ReleaseConfig:
     # interaction cell): "stop" the release naming it, or "drop" it from the fit and
     # report it in cva_model. Collinear terms that pupils do have always stop.
     cva_empty_terms: str = "stop"
+    # Roll-up settings (conf/rollup/*.yaml): trusts, subgroups, suppression,
+    # identification, comparisons and trends.
+    rollup: RollupConfig | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=list)
@@ -117,7 +123,7 @@ def load_release_config(path: str | Path | None = None) -> ReleaseConfig:
     """Load and validate a release configuration (default: conf/releases/default.yaml)."""
     path = Path(path) if path is not None else DEFAULT_RELEASE_CONFIG
     content = read_yaml(path)
-    check_keys(path, content, {"max_rejected_share", "shuffle_partitions", "reference", "published_estimates", "cva_empty_terms"})
+    check_keys(path, content, {"max_rejected_share", "shuffle_partitions", "reference", "published_estimates", "cva_empty_terms", "rollup"})
     share = content["max_rejected_share"]
     if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
         raise ConfigError(f"{path}: max_rejected_share must be a number from 0 to 1, got {share!r}")
@@ -134,6 +140,9 @@ def load_release_config(path: str | Path | None = None) -> ReleaseConfig:
     empty_terms = content["cva_empty_terms"]
     if empty_terms not in CVA_EMPTY_TERMS:
         raise ConfigError(f"{path}: cva_empty_terms must be one of {list(CVA_EMPTY_TERMS)}, got {empty_terms!r}")
+    from valueadded.rollup.config import load_rollup_config  # here: it imports this module
+
+    rollup = load_rollup_config((path.parent / str(content["rollup"])).resolve(), codes.key_stages, codes.ethnicities)
     return ReleaseConfig(
         max_rejected_share=float(share),
         shuffle_partitions=partitions,
@@ -141,6 +150,7 @@ def load_release_config(path: str | Path | None = None) -> ReleaseConfig:
         source=str(path.resolve()),
         published_estimates={key_stage: published.get(key_stage) for key_stage in codes.key_stages},
         cva_empty_terms=empty_terms,
+        rollup=rollup,
     )
 
 

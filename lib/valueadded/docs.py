@@ -52,6 +52,14 @@ def render_tables() -> str:
         "table is partitioned by `academic_year`, `key_stage` and `data_stage`; a run replaces",
         "exactly its own partition in one commit (the `runs` table is appended to instead).",
         "",
+        "Suppression: no published table shows a figure resting on fewer pupils than",
+        "`suppression.min_pupils` (6, conf/rollup/default.yaml). Such a row stays, with",
+        "`suppressed` true, its figures null and `suppression_reason` (`below_minimum_pupils`, or",
+        "`secondary` for a subgroup figure withheld so that a withheld one cannot be worked out",
+        "from the rest). The restricted tables keep every value: `school_scores`,",
+        "`national_estimates_unsuppressed` and `unsuppressed_measures` (every roll-up figure),",
+        "and `pupil_measures` holds the pupil values behind each figure (the drill-down).",
+        "",
     ]
     for schema in OUTPUT_TABLES.values():
         lines += [
@@ -61,9 +69,10 @@ def render_tables() -> str:
             "",
             f"Grain: {schema.grain}. Partitioned by: {', '.join(schema.partition_by)}.",
             "",
-            *_columns(schema),
-            "",
         ]
+        if schema.suppressible:
+            lines += [f"Withheld on a suppressed row: {', '.join(f'`{c}`' for c in schema.suppressible)}.", ""]
+        lines += [*_columns(schema), ""]
     return HEADER + "\n".join(lines)
 
 

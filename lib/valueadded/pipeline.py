@@ -33,6 +33,7 @@ from valueadded.io.publish import PartitionLock, publish, recover_partition
 from valueadded.io.schemas import OUTPUT_TABLES, PUPIL_RESULTS, REJECTED_ROWS, RUNS, TableSchema
 from valueadded.measures import ks2, ks4
 from valueadded.measures.cohort import build_pupil_table
+from valueadded.rollup.stage import stage_rollup
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def stages_for(key_stage: str) -> list[Stage]:
         ("reconcile", stage_reconcile),
         *MEASURE_STAGES[key_stage],
         ("cva", stage_cva),
+        ("rollup", stage_rollup),
         ("write", stage_write),
     ]
 

@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from valueadded.io.delta_store import TableStore
-from valueadded.io.schemas import NATIONAL_ESTIMATES, PUPIL_PROGRESS, PUPIL_RESULTS, RUNS, SCHOOL_MEASURES
+from valueadded.io.schemas import NATIONAL_ESTIMATES_UNSUPPRESSED, PUPIL_PROGRESS, PUPIL_RESULTS, RUNS, SCHOOL_SCORES
 from valueadded.measures import estimates
 from valueadded.measures.ks2 import load_tables
 
@@ -33,7 +33,7 @@ def test_estimates_are_means_of_pupil_outcomes(ks2_release):
         progress = _table(store, PUPIL_PROGRESS, stage)
         national = progress[progress.in_national]
         recomputed = national.groupby(["subject", "prior_attainment_group"]).outcome.agg(["mean", "count"])
-        published = _table(store, NATIONAL_ESTIMATES, stage).set_index(["subject", "prior_attainment_group"])
+        published = _table(store, NATIONAL_ESTIMATES_UNSUPPRESSED, stage).set_index(["subject", "prior_attainment_group"])
         joined = published.join(recomputed, how="outer")
         assert joined["estimate"].to_numpy() == pytest.approx(joined["mean"].to_numpy(), abs=1e-9)
         assert (joined["n"] == joined["count"]).all()
@@ -55,7 +55,7 @@ def test_school_progress_is_the_mean_of_its_pupils(ks2_release):
     scored = progress[progress.in_progress]
     recomputed = scored.groupby(["school_id", "subject"]).adjusted_progress.agg(["mean", "count"]).reset_index()
     recomputed["measure"] = "progress_" + recomputed.subject
-    schools = _table(store, SCHOOL_MEASURES, "unvalidated").merge(recomputed, on=["school_id", "measure"], how="inner")
+    schools = _table(store, SCHOOL_SCORES, "unvalidated").merge(recomputed, on=["school_id", "measure"], how="inner")
     assert len(schools) == len(recomputed)
     assert schools.score.to_numpy() == pytest.approx(schools["mean"].to_numpy(), abs=1e-9)
     assert (schools.n == schools["count"]).all()
@@ -80,7 +80,7 @@ def test_pupil_table_has_prior_attainment_and_stages_differ_by_checking_exercise
 def test_attainment_counts_every_included_pupil(ks2_release):
     _, store = ks2_release
     pupils = _table(store, PUPIL_RESULTS, "unvalidated")
-    schools = _table(store, SCHOOL_MEASURES, "unvalidated")
+    schools = _table(store, SCHOOL_SCORES, "unvalidated")
     rwm = schools[schools.measure == "pct_expected_rwm"]
     assert rwm.n.sum() == pupils.included.sum()
     assert rwm.score.between(0, 100).all()

@@ -128,6 +128,7 @@ def test_bad_input_exit_codes(released, tmp_path):
         DEFAULT_RELEASE_CONFIG.read_text()
         .replace("max_rejected_share: 0.01", "max_rejected_share: 0.0")
         .replace("reference: ../reference/codes.yaml", f"reference: {DEFAULT_RELEASE_CONFIG.parent.parent / 'reference' / 'codes.yaml'}")
+        .replace("rollup: ../rollup/default.yaml", f"rollup: {DEFAULT_RELEASE_CONFIG.parent.parent / 'rollup' / 'default.yaml'}")
     )
     # One bad row in a copy of the input makes the strict run stop with exit code 3.
     copy = tmp_path / "input"

@@ -40,7 +40,8 @@ def released(generated_release):
         "runs": table("restricted", "runs"),
         "pupils": table("restricted", "pupil_results"),
         "models": table("published", "cva_model"),
-        "schools": table("published", "school_measures"),
+        # The school CVA figures as computed, small schools included (school_measures withholds them).
+        "schools": table("restricted", "school_scores"),
     }
 
 

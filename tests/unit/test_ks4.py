@@ -22,7 +22,7 @@ from pyspark.sql import types as T
 from valueadded.cli import build_parser, main
 from valueadded.config import REPO_CONF_DIR, ConfigError, load_release_config
 from valueadded.io.delta_store import TableStore
-from valueadded.io.schemas import KS4_RESULTS, NATIONAL_ESTIMATES, PUPIL_PROGRESS, PUPIL_RESULTS, RUNS, SCHOOL_MEASURES
+from valueadded.io.schemas import KS4_RESULTS, NATIONAL_ESTIMATES_UNSUPPRESSED, PUPIL_PROGRESS, PUPIL_RESULTS, RUNS, SCHOOL_SCORES
 from valueadded.measures import published
 from valueadded.measures.ks4 import progress_long_frame, with_attainment_and_prior
 from valueadded.measures.ks4_tables import KS4_SUBJECTS, load_ks4_tables, parse_ks4_tables
@@ -301,7 +301,7 @@ def test_computed_estimates_are_group_means_of_national_pupils(generated):
     progress = _read(store, PUPIL_PROGRESS)
     national = progress[progress.in_national]
     recomputed = national.groupby(["subject", "prior_attainment_group"]).outcome.agg(["mean", "count", "std"])
-    published = _read(store, NATIONAL_ESTIMATES).set_index(["subject", "prior_attainment_group"])
+    published = _read(store, NATIONAL_ESTIMATES_UNSUPPRESSED).set_index(["subject", "prior_attainment_group"])
     joined = published.join(recomputed, how="outer")
     assert set(published.source) == {"computed"}
     assert (joined["n"] == joined["count"]).all()
@@ -318,7 +318,7 @@ def test_computed_estimates_are_group_means_of_national_pupils(generated):
     results = _read(store, PUPIL_RESULTS)
     a8 = progress[progress.subject == "progress_8"].merge(results[["pupil_id", "included"]], on="pupil_id")
     by_school = a8[a8.included].groupby("school_id").outcome.agg(["mean", "count"])
-    schools = _read(store, SCHOOL_MEASURES)
+    schools = _read(store, SCHOOL_SCORES)
     attainment = schools[schools.measure == "attainment_8"].set_index("school_id").join(by_school, how="outer")
     assert (attainment.n == attainment["count"]).all()
     assert attainment.score.to_numpy() == pytest.approx(attainment["mean"].to_numpy(), abs=1e-9)
@@ -328,7 +328,7 @@ def test_computed_progress_caps_and_intervals_recomputed_from_pupil_rows(generat
     """SPEC 2.1 redone in pandas from pupil_progress: progress, z*, caps, school scores and intervals."""
     store = generated[0]["computed"]
     progress = _read(store, PUPIL_PROGRESS)
-    national = _read(store, NATIONAL_ESTIMATES).set_index(["subject", "prior_attainment_group"])
+    national = _read(store, NATIONAL_ESTIMATES_UNSUPPRESSED).set_index(["subject", "prior_attainment_group"])
     z_star = json.loads(_read(store, RUNS).row_counts_json[0])["ks4_z_star"]
     scored = progress[progress.in_progress].copy()
     divisor = scored.subject.map(TABLES.divisors)
@@ -348,7 +348,7 @@ def test_computed_progress_caps_and_intervals_recomputed_from_pupil_rows(generat
     by_school = scored.groupby(["school_id", "subject"]).adjusted_progress.agg(["mean", "count"]).reset_index()
     by_school["measure"] = by_school.subject.map(lambda s: s if s == "progress_8" else f"progress_{s}")
     by_school["half_width"] = 1.96 * by_school.subject.map(national_sd) / by_school["count"].map(math.sqrt)
-    schools = _read(store, SCHOOL_MEASURES).merge(by_school, on=["school_id", "measure"], how="right")
+    schools = _read(store, SCHOOL_SCORES).merge(by_school, on=["school_id", "measure"], how="right")
     assert (schools.n == schools["count"]).all()
     assert schools.score.to_numpy() == pytest.approx(schools["mean"].to_numpy(), abs=1e-9)
     assert ((schools.upper - schools.lower) / 2).to_numpy() == pytest.approx(schools.half_width.to_numpy(), abs=1e-9)
@@ -357,14 +357,14 @@ def test_computed_progress_caps_and_intervals_recomputed_from_pupil_rows(generat
 def test_published_mode_applies_dfe_estimates_and_sds(generated):
     store = generated[0]["published"]
     table = load_published_estimates(PUBLISHED)
-    national = _read(store, NATIONAL_ESTIMATES)
+    national = _read(store, NATIONAL_ESTIMATES_UNSUPPRESSED)
     assert set(national.source) == {"published:dfe-ks4-2024"} and national.n.isna().all() and national.outcome_sd.isna().all()
     assert {(r.subject, r.prior_attainment_group): r.estimate for r in national.itertuples()} == table.estimates
     progress = _read(store, PUPIL_PROGRESS)
     scored = progress[progress.in_progress]
     expected = scored.apply(lambda r: (r.outcome - table.estimates[(r.subject, r.prior_attainment_group)]) / TABLES.divisors[r.subject], axis=1)
     assert scored.progress.to_numpy() == pytest.approx(expected.to_numpy(), abs=1e-9)
-    schools = _read(store, SCHOOL_MEASURES)
+    schools = _read(store, SCHOOL_SCORES)
     progress_rows = schools[schools.measure.str.startswith("progress_")]
     subject = progress_rows.measure.map(lambda m: m if m == "progress_8" else m.removeprefix("progress_"))
     half_width = (progress_rows.upper - progress_rows.lower) / 2
@@ -389,7 +389,7 @@ def test_worked_pupil_figures(generated):
 
 def test_worked_interval_half_widths(generated):
     stores, _ = generated
-    schools = _read(stores["published"], SCHOOL_MEASURES).set_index(["school_id", "measure"])
+    schools = _read(stores["published"], SCHOOL_SCORES).set_index(["school_id", "measure"])
     for school, row in enumerate(_rows("worked_intervals_published_2024.csv")):
         found = schools.loc[(f"99900{school + 1}", row["subject"])]
         assert found.n == int(row["pupils_in_school"])

@@ -280,7 +280,7 @@ def test_rejected_share_threshold():
 
 GOOD_CONFIG = (
     "max_rejected_share: 0.01\nshuffle_partitions: 8\nreference: ../reference/codes.yaml\n"
-    "published_estimates: null\ncva_empty_terms: stop\n"
+    "published_estimates: null\ncva_empty_terms: stop\nrollup: ../rollup/default.yaml\n"
 )
 
 
@@ -293,6 +293,7 @@ GOOD_CONFIG = (
         (GOOD_CONFIG.replace("../reference/codes.yaml", "nowhere.yaml"), "not found"),
         (GOOD_CONFIG.replace("published_estimates: null", "published_estimates: {ks4: no-such-table}"), "no table"),
         (GOOD_CONFIG.replace("cva_empty_terms: stop", "cva_empty_terms: ignore"), "cva_empty_terms must be one of"),
+        (GOOD_CONFIG.replace("rollup: ../rollup/default.yaml\n", ""), r"missing key\(s\) \['rollup'\]"),
     ],
 )
 def test_bad_configuration_is_named(tmp_path, text, message):
@@ -300,6 +301,8 @@ def test_bad_configuration_is_named(tmp_path, text, message):
     path.parent.mkdir()
     (tmp_path / "reference").mkdir()
     (tmp_path / "reference" / "codes.yaml").write_text((Path(load_release_config().source).parent.parent / "reference" / "codes.yaml").read_text())
+    (tmp_path / "rollup").mkdir()
+    (tmp_path / "rollup" / "default.yaml").write_text((Path(load_release_config().source).parent.parent / "rollup" / "default.yaml").read_text())
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_release_config(path)

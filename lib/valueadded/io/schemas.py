@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from pyspark.sql import types as T
 
+from valueadded.rollup.measures import MEASURES, all_measure_names
+
 SPARK_TYPES = {
     "string": T.StringType(),
     "int": T.IntegerType(),
@@ -63,6 +65,9 @@ class TableSchema:
     partition_by: tuple[str, ...] = ()
     audience: str = "restricted"  # "published" tables are what dashboards read
     key: tuple[str, ...] = field(default=())
+    # Published tables: the columns withheld (set to null) on a row whose figure rests on
+    # too few pupils; the row says why in `suppression_reason` (valueadded.rollup.suppression).
+    suppressible: tuple[str, ...] = field(default=())
 
     @property
     def names(self) -> list[str]:
@@ -296,12 +301,18 @@ PUPIL_PROGRESS = TableSchema(
     ),
 )
 
-NATIONAL_ESTIMATES = TableSchema(
-    name="national_estimates",
+# The national estimates as the key stage measures compute or apply them, before
+# suppression. The measure modules import this schema as NATIONAL_ESTIMATES (below).
+NATIONAL_ESTIMATES_UNSUPPRESSED = TableSchema(
+    name="national_estimates_unsuppressed",
     grain="one row per subject per prior attainment group",
-    description="The national estimates pupils are measured against, with the extreme-negative caps.",
+    description=(
+        "Restricted: the national estimates pupils are measured against, with the extreme-negative caps, "
+        "as computed (or applied), every group shown. The published `national_estimates` is this table "
+        "with the figures of groups of fewer than the minimum pupils withheld."
+    ),
     partition_by=PARTITION_NAMES,
-    audience="published",
+    audience="restricted",
     key=("academic_year", "key_stage", "data_stage", "subject", "prior_attainment_group"),
     columns=(
         *PARTITION_COLUMNS,
@@ -316,25 +327,62 @@ NATIONAL_ESTIMATES = TableSchema(
         Column("cap", "double", True, "Lowest adjusted progress score in the group: mean + z* x SD."),
     ),
 )
+# Transitional name: estimates.py, ks2.py and ks4.py import the computed shape as
+# NATIONAL_ESTIMATES; rename their imports to NATIONAL_ESTIMATES_UNSUPPRESSED, then drop this.
+NATIONAL_ESTIMATES = NATIONAL_ESTIMATES_UNSUPPRESSED
 
-SCHOOL_MEASURES = TableSchema(
-    name="school_measures",
-    grain="one row per school per measure",
-    description="School progress scores with 95% intervals and bands, and attainment measures.",
+SUPPRESSION_COLUMNS = (
+    Column("suppressed", "boolean", False, "The row's figures are withheld: they rest on fewer pupils than the minimum (conf/rollup: suppression.min_pupils, 6)."),
+    Column("suppression_reason", "string", True, "Why the figures are withheld (null when shown): below_minimum_pupils (fewer pupils than the minimum) or secondary (withheld so that a withheld subgroup's figure cannot be worked out from the unit's other figures)."),
+)
+
+PUBLISHED_NATIONAL_ESTIMATES = TableSchema(
+    name="national_estimates",
+    grain="one row per subject per prior attainment group",
+    version=2,  # 2: suppression columns; figures of groups of fewer than the minimum pupils withheld
+    description=(
+        "The national estimates pupils are measured against, with the extreme-negative caps. A computed "
+        "group's figures, or a published table's caps (computed from this run's pupils), are withheld when "
+        "fewer than the minimum pupils are behind them; restricted/national_estimates_unsuppressed keeps them."
+    ),
     partition_by=PARTITION_NAMES,
     audience="published",
+    key=("academic_year", "key_stage", "data_stage", "subject", "prior_attainment_group"),
+    suppressible=("n", "estimate", "outcome_sd", "progress_mean", "progress_sd", "cap"),
+    columns=(
+        *NATIONAL_ESTIMATES_UNSUPPRESSED.columns[:7],
+        Column("estimate", "double", True, "Mean (or legacy median) outcome of the group; null when withheld."),
+        *NATIONAL_ESTIMATES_UNSUPPRESSED.columns[8:],
+        *SUPPRESSION_COLUMNS,
+    ),
+)
+
+# The school figures as the key stage measures and the CVA stage compute them. The
+# measure modules import this schema as SCHOOL_MEASURES (below).
+SCHOOL_SCORES = TableSchema(
+    name="school_scores",
+    grain="one row per school per measure",
+    description=(
+        "Restricted: school progress scores with 95% intervals and bands, attainment measures and CVA, as "
+        "computed, before suppression. The roll-up stage builds the published `school_measures` from it."
+    ),
+    partition_by=PARTITION_NAMES,
+    audience="restricted",
     key=("academic_year", "key_stage", "data_stage", "school_id", "measure"),
     columns=(
         *PARTITION_COLUMNS,
         Column("school_id", "string", False, "School URN."),
-        Column("measure", "string", False, "Measure name, e.g. progress_reading, progress_8, pct_expected_rwm, average_scaled_score_maths."),
+        Column("measure", "string", False, "Measure name, e.g. progress_reading, progress_8, pct_expected_rwm, average_scaled_score_maths, cva."),
         Column("n", "int", False, "Pupils behind the figure."),
-        Column("score", "double", True, "The school's figure: mean adjusted progress, a percentage, or an average."),
-        Column("lower", "double", True, "Lower limit of the 95% confidence interval (progress measures)."),
-        Column("upper", "double", True, "Upper limit of the 95% confidence interval (progress measures)."),
+        Column("score", "double", True, "The school's figure: mean adjusted progress, a percentage, an average, or shrunken CVA."),
+        Column("lower", "double", True, "Lower limit of the 95% confidence interval (progress measures and CVA)."),
+        Column("upper", "double", True, "Upper limit of the 95% confidence interval (progress measures and CVA)."),
         Column("band", "string", True, "well_above, above, average, below or well_below (progress measures)."),
     ),
 )
+# Transitional name: estimates.py, ks2.py, ks4.py and cva/stage.py import the computed
+# shape as SCHOOL_MEASURES; rename their imports to SCHOOL_SCORES, then drop this.
+SCHOOL_MEASURES = SCHOOL_SCORES
 
 CVA_MODEL = TableSchema(
     name="cva_model",
@@ -410,4 +458,320 @@ RUNS = TableSchema(
     ),
 )
 
-OUTPUT_TABLES = {t.name: t for t in (PUPIL_RESULTS, PUPIL_PROGRESS, NATIONAL_ESTIMATES, SCHOOL_MEASURES, CVA_MODEL, REJECTED_ROWS, RUNS)}
+# ----------------------------------------------------------------------------- roll-ups (valueadded.rollup)
+
+_FIGURE_COLUMNS = (
+    Column("n", "int", True, "Pupils behind the figure; null when withheld."),
+    Column("score", "double", True, "The figure: the (weighted) mean of the measure's column of its pupils in pupil_measures; null when withheld."),
+    Column("lower", "double", True, "Lower limit of the 95% confidence interval (progress measures and CVA); null when withheld."),
+    Column("upper", "double", True, "Upper limit of the 95% confidence interval (progress measures and CVA); null when withheld."),
+    Column("band", "string", True, "well_above, above, average, below or well_below (progress measures; the school bands' rule); null when withheld."),
+)
+_NATIONAL_SCORE = Column("national_score", "double", True, "The national figure of the same measure (and subgroup), for benchmarking.")
+_TREND_COLUMNS = (
+    Column("last_year_score", "double", True, "The same figure last year (history_data_stage partition of academic_year - 1); null when absent or withheld."),
+    Column("change_from_last_year", "double", True, "score - last_year_score; null when either is absent or withheld."),
+    Column("three_year_average", "double", True, "Pupil-weighted mean of this year's and the two previous years' figures, when all three exist; null otherwise or when withheld."),
+    Column("trend_suppression_reason", "string", True, "below_minimum_pupils_in_an_earlier_year when an earlier year's figure rests on fewer than the minimum pupils, so the trend columns are withheld; null otherwise."),
+)
+_FIGURE_NAMES = ("n", "score", "lower", "upper", "band")
+_TREND_NAMES = ("last_year_score", "change_from_last_year", "three_year_average")
+TREND_SUPPRESSIBLE = _TREND_NAMES
+
+TRUST_RULE = (
+    "A school counts towards its trust's figures when it is a state-funded mainstream school in the trust on "
+    "31 August of the academic year whose current spell in the trust covers at least `trusts.min_full_years` (3) "
+    "whole academic years (1 September to 31 August) up to and including the release year: for 2024 (2023/24), "
+    "joined on or before 1 September 2021. A trust has a figure for a measure when at least `trusts.min_schools` (3) "
+    "counted schools have pupils in it. The figure is the mean of the counted schools' pupils' values, each pupil "
+    "weighted by the school's time-in-trust weight (`trusts.time_in_trust_weights`: 3 for 3 full years, 4 for 4 or "
+    "more), which is the pupil- and time-weighted mean of the schools' figures. Interval: score +/- 1.96 x national "
+    "SD x sqrt(sum of squared weights) / sum of weights."
+)
+
+PUBLISHED_SCHOOL_MEASURES = TableSchema(
+    name="school_measures",
+    grain="one row per school per measure",
+    version=2,  # 2: suppression, national figure, trust, comparisons, trends
+    description=(
+        "School figures for dashboards: progress scores with 95% intervals and bands, attainment and CVA, "
+        "benchmarked against the national figure and the school's trust, with the attainment-against-progress "
+        "quadrant, the position among similar schools and trends. Figures resting on fewer than the minimum pupils "
+        "are withheld (restricted/school_scores keeps them). Drill-down: the pupils behind a row are the "
+        "restricted/pupil_measures rows of the same partition and school_id with the measure's column not null (pupil_id joins "
+        "pupil_results)."
+    ),
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "school_id", "measure"),
+    suppressible=(*_FIGURE_NAMES, "rank_in_trust", "quadrant", "similar_schools_rank", *_TREND_NAMES),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("school_id", "string", False, "School URN."),
+        Column("measure", "string", False, "Measure name, e.g. progress_reading, progress_8, pct_expected_rwm, attainment_8, cva."),
+        _FIGURE_COLUMNS[0],
+        Column("score", "double", True, "The school's figure as in school_scores: mean adjusted progress, a percentage, an average, or shrunken CVA; null when withheld."),
+        *_FIGURE_COLUMNS[2:],
+        _NATIONAL_SCORE,
+        Column("la_code", "string", False, "Local authority of the school."),
+        Column("region_code", "string", False, "Region of the school."),
+        Column("trust_id", "string", True, "Trust the school is in on 31 August of the academic year, if any."),
+        Column("in_trust_figure", "boolean", False, "The school counts towards its trust's figures (state-funded mainstream, at least 3 full academic years in the trust)."),
+        Column("trust_score", "double", True, "The trust's figure for the measure (trust_measures), when the trust has one and it is shown."),
+        Column("rank_in_trust", "int", True, "Rank of the school's figure among its trust's schools with a shown figure (1 = highest; ties share a rank)."),
+        Column("schools_ranked_in_trust", "int", True, "Schools of the trust with a shown figure for the measure."),
+        Column("quadrant", "string", True, "Progress and CVA measures: high_attainment_high_progress, high_attainment_low_progress, low_attainment_high_progress or low_attainment_low_progress; high = at or above the national figure."),
+        Column("quadrant_attainment_measure", "string", True, "The attainment measure the quadrant compares with (conf/rollup: comparisons.quadrants)."),
+        Column("similar_schools_group", "string", False, "The school's similar-schools group: phase, provision, cohort size band and % disadvantaged band (conf/rollup: comparisons.similar_schools)."),
+        Column("similar_schools_rank", "int", True, "Rank of the figure among the group's schools with a shown figure (1 = highest; ties share a rank)."),
+        Column("similar_schools_count", "int", True, "Schools of the group with a shown figure for the measure."),
+        *_TREND_COLUMNS,
+        *SUPPRESSION_COLUMNS,
+    ),
+)
+
+TRUST_MEASURES = TableSchema(
+    name="trust_measures",
+    grain="one row per trust per measure (trusts with a school with pupils in the measure)",
+    description="Multi-academy trust figures. " + TRUST_RULE + " Drill-down: restricted/pupil_measures rows of the trust_id with a trust_weight and the measure's column not null.",
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "trust_id", "measure"),
+    suppressible=(*_FIGURE_NAMES, "weighted_pupils", *_TREND_NAMES),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("trust_id", "string", False, "Trust identifier."),
+        Column("trust_name", "string", False, "Trust name."),
+        Column("measure", "string", False, "Measure name."),
+        Column("eligible", "boolean", False, "The trust has a figure: at least the minimum number of counted schools have pupils in the measure."),
+        Column("eligibility_reason", "string", True, "too_few_counted_schools when not eligible; null otherwise."),
+        Column("schools_in_trust", "int", False, "Schools of the trust (on 31 August) with pupils in the measure."),
+        Column("schools_counted", "int", False, "Of them, schools that count towards the trust's figures."),
+        *_FIGURE_COLUMNS,
+        Column("weighted_pupils", "double", True, "Sum of the counted pupils' time-in-trust weights; null when withheld."),
+        _NATIONAL_SCORE,
+        *_TREND_COLUMNS,
+        *SUPPRESSION_COLUMNS,
+    ),
+)
+
+_AREA_COLUMNS = (
+    Column("schools", "int", False, "Schools with pupils in the measure."),
+    *_FIGURE_COLUMNS,
+)
+
+LA_MEASURES = TableSchema(
+    name="la_measures",
+    grain="one row per local authority per measure",
+    description=(
+        "Local authority figures: the mean of the pupil values of every state-funded school of the authority "
+        "(mainstream and special). Drill-down: restricted/pupil_measures rows of the la_code with the measure's column not null."
+    ),
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "la_code", "measure"),
+    suppressible=(*_FIGURE_NAMES, *_TREND_NAMES),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("la_code", "string", False, "Local authority code."),
+        Column("la_name", "string", False, "Local authority name."),
+        Column("region_code", "string", False, "Region of the authority."),
+        Column("measure", "string", False, "Measure name."),
+        *_AREA_COLUMNS,
+        _NATIONAL_SCORE,
+        *_TREND_COLUMNS,
+        *SUPPRESSION_COLUMNS,
+    ),
+)
+
+REGION_MEASURES = TableSchema(
+    name="region_measures",
+    grain="one row per region per measure",
+    description="Region figures: the mean of the pupil values of every state-funded school of the region. Drill-down: restricted/pupil_measures rows of the region_code with the measure's column not null.",
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "region_code", "measure"),
+    suppressible=(*_FIGURE_NAMES, *_TREND_NAMES),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("region_code", "string", False, "Region code."),
+        Column("region_name", "string", False, "Region name."),
+        Column("measure", "string", False, "Measure name."),
+        *_AREA_COLUMNS,
+        _NATIONAL_SCORE,
+        *_TREND_COLUMNS,
+        *SUPPRESSION_COLUMNS,
+    ),
+)
+
+NATIONAL_MEASURES = TableSchema(
+    name="national_measures",
+    grain="one row per measure",
+    description=(
+        "National figures: the mean of the pupil values of every state-funded school (mainstream and special, so "
+        "national progress differs slightly from 0, the state-funded mainstream mean). Drill-down: every "
+        "restricted/pupil_measures row of the partition with the measure's column not null."
+    ),
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "measure"),
+    suppressible=(*_FIGURE_NAMES, *_TREND_NAMES),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("measure", "string", False, "Measure name."),
+        *_AREA_COLUMNS,
+        *_TREND_COLUMNS,
+        *SUPPRESSION_COLUMNS,
+    ),
+)
+
+SUBGROUP_MEASURES = TableSchema(
+    name="subgroup_measures",
+    grain="one row per level per unit per subgroup value per measure (values with pupils in the measure)",
+    description=(
+        "Figures for pupil subgroups at every level. A school, local authority, region or national subgroup figure "
+        "is the mean of its pupils' values (CVA: centre + mean pupil CVA, not shrunk); a trust's uses the trust rule "
+        "and weights. Drill-down: restricted/pupil_measures rows of the partition with the measure's column not null, "
+        "whose level column (school_id, trust_id with a trust_weight, la_code, region_code; every row for national) "
+        "equals unit_id and whose column named by `subgroup` equals subgroup_value."
+    ),
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "level", "unit_id", "subgroup", "subgroup_value", "measure"),
+    suppressible=(*_FIGURE_NAMES, *_TREND_NAMES),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("level", "string", False, "school, trust, la, region or national."),
+        Column("unit_id", "string", False, "The school URN, trust id, LA code or region code; national for the nation."),
+        Column("subgroup", "string", False, "Subgroup dimension: disadvantaged, fsm, sen, eal, gender, ethnic_group, prior_attainment_band or high_needs (a pupil_measures column)."),
+        Column("subgroup_value", "string", False, "yes/no; sen none, support or plan; gender female or male; the major ethnic group; band low, middle, high or none."),
+        Column("measure", "string", False, "Measure name."),
+        *_AREA_COLUMNS,
+        Column("national_score", "double", True, "The national figure of the same subgroup and measure."),
+        *_TREND_COLUMNS,
+        *SUPPRESSION_COLUMNS,
+    ),
+)
+
+IDENTIFIED_SCHOOLS = TableSchema(
+    name="identified_schools",
+    grain="one row per school per subgroup identified this year, or identified last year",
+    description=(
+        "Schools with a subgroup among the lowest-performing eligible subgroups nationally on the chosen measure "
+        "(conf/rollup: identification). Eligible subgroups: the configured subgroups of every school with at least "
+        "identification.min_pupils pupils in the measure. Percentile = 100 x rank / eligible_subgroups, rank 1 = "
+        "lowest score, tied scores sharing the lower rank. Status: identified (percentile <= lowest_percent, not "
+        "identified last year), continuing (identified last year, percentile <= exit_above_percent), exited "
+        "(identified last year, percentile above exit_above_percent), continuing_not_assessed (identified last year, "
+        "not eligible this year: too few pupils). Last year = the history_data_stage partition of academic_year - 1, "
+        "when present."
+    ),
+    partition_by=PARTITION_NAMES,
+    audience="published",
+    key=("academic_year", "key_stage", "data_stage", "school_id", "measure", "subgroup", "subgroup_value"),
+    suppressible=("n", "score", "rank", "percentile"),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("school_id", "string", False, "School URN."),
+        Column("measure", "string", False, "The measure subgroups are compared on."),
+        Column("subgroup", "string", False, "Subgroup dimension."),
+        Column("subgroup_value", "string", False, "Subgroup value."),
+        Column("n", "int", True, "Pupils of the subgroup in the measure; null when withheld."),
+        Column("score", "double", True, "The subgroup's figure; null when withheld."),
+        Column("rank", "int", True, "Rank among eligible subgroups nationally, 1 = lowest; null when not eligible."),
+        Column("eligible_subgroups", "int", False, "Eligible subgroups nationally."),
+        Column("percentile", "double", True, "100 x rank / eligible_subgroups; null when not eligible."),
+        Column("lowest_cutoff_score", "double", True, "Highest shown score with a percentile at most lowest_percent."),
+        Column("exit_cutoff_score", "double", True, "Highest shown score with a percentile at most exit_above_percent."),
+        Column("identified_last_year", "boolean", True, "The school was identified for this subgroup last year; null when last year's table is absent."),
+        Column("status", "string", False, "identified, continuing, exited or continuing_not_assessed."),
+        Column("identified", "boolean", False, "Identified this year: identified, continuing or continuing_not_assessed."),
+        *SUPPRESSION_COLUMNS,
+    ),
+)
+
+UNSUPPRESSED_MEASURES = TableSchema(
+    name="unsuppressed_measures",
+    grain="one row per level per unit per subgroup value per measure",
+    description=(
+        "Restricted: every figure of school_measures, trust_measures (eligible trusts), la_measures, region_measures, "
+        "national_measures and subgroup_measures before suppression (subgroup all for all pupils). Trends and last "
+        "year's figures are read from here."
+    ),
+    partition_by=PARTITION_NAMES,
+    audience="restricted",
+    key=("academic_year", "key_stage", "data_stage", "level", "unit_id", "subgroup", "subgroup_value", "measure"),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("level", "string", False, "school, trust, la, region or national."),
+        Column("unit_id", "string", False, "School URN, trust id, LA code, region code, or national."),
+        Column("subgroup", "string", False, "all, or the subgroup dimension."),
+        Column("subgroup_value", "string", False, "all, or the subgroup value."),
+        Column("measure", "string", False, "Measure name."),
+        Column("schools", "int", False, "Schools with pupils in the figure."),
+        Column("n", "int", False, "Pupils behind the figure."),
+        Column("weighted_pupils", "double", False, "Sum of the pupils' weights (time-in-trust weights for trusts; n elsewhere)."),
+        Column("score", "double", True, "The figure."),
+        Column("lower", "double", True, "Lower limit of the 95% interval."),
+        Column("upper", "double", True, "Upper limit of the 95% interval."),
+        Column("band", "string", True, "Band (progress measures)."),
+        Column("national_score", "double", True, "The national figure of the same subgroup and measure."),
+        Column("last_year_n", "int", True, "Pupils behind last year's figure."),
+        Column("last_year_score", "double", True, "Last year's figure."),
+        Column("change_from_last_year", "double", True, "score - last_year_score."),
+        Column("three_year_average", "double", True, "Pupil-weighted mean of the last three years' figures, when all three exist."),
+        Column("three_year_min_n", "int", True, "Fewest pupils behind any of the three years' figures."),
+    ),
+)
+
+def _measure_column(name: str) -> Column:
+    kind = {m.name: m.kind for measures in MEASURES.values() for m in measures}[name]
+    meaning = {
+        "progress": "adjusted progress (pupil_progress.adjusted_progress)",
+        "attainment": "100 or 0 (% reaching a standard), or the scaled score or Attainment 8 (averages)",
+        "cva": "the CVA model's centre (100 or 1000) + the pupil's CVA score",
+    }[kind]
+    return Column(name, "double", True, f"The pupil's value in {name}: {meaning}; null when the pupil is not in the measure (or it is not this key stage's).")
+
+
+PUPIL_MEASURES = TableSchema(
+    name="pupil_measures",
+    grain="one row per pupil of the pupil table",
+    description=(
+        "Restricted drill-down: each pupil's value in each measure, with the columns that place the pupil in every "
+        "published figure. Every school, trust, LA, region, national and subgroup figure is the (weighted) mean of a "
+        "measure's column over its pupils here: e.g. the pupils behind a school's disadvantaged progress_8 are the rows "
+        "with that school_id, disadvantaged = yes and progress_8 not null; a trust's figure weights them by "
+        "trust_weight. pupil_id joins pupil_results. Subgroup columns are derived from pupil_results as each describes."
+    ),
+    partition_by=PARTITION_NAMES,
+    audience="restricted",
+    key=("academic_year", "key_stage", "data_stage", "pupil_id"),
+    columns=(
+        *PARTITION_COLUMNS,
+        Column("pupil_id", "string", False, "Pupil identifier (joins pupil_results)."),
+        Column("school_id", "string", False, "School URN."),
+        Column("trust_id", "string", True, "Trust of the school on 31 August, if any."),
+        Column("trust_weight", "double", True, "The school's time-in-trust weight when it counts towards the trust's figures; null otherwise."),
+        Column("la_code", "string", False, "Local authority of the school."),
+        Column("region_code", "string", False, "Region of the school."),
+        Column("disadvantaged", "string", False, "yes/no: pupil_results.disadvantaged."),
+        Column("fsm", "string", False, "yes/no: pupil_results.fsm."),
+        Column("sen", "string", False, "none, support or plan: pupil_results.sen N, K or E."),
+        Column("eal", "string", False, "yes/no: pupil_results.eal."),
+        Column("gender", "string", False, "female or male: pupil_results.gender F or M."),
+        Column("ethnic_group", "string", False, "Major ethnic group of pupil_results.ethnicity (conf/rollup: subgroups.ethnic_groups)."),
+        Column("prior_attainment_band", "string", False, "low, middle or high from pupil_results.prior_attainment (conf/rollup: subgroups.prior_attainment_bands); none without prior attainment."),
+        Column("high_needs", "string", False, "yes when disadvantaged, EAL or SEN (support or plan)."),
+        *(_measure_column(name) for name in all_measure_names()),
+    ),
+)
+
+OUTPUT_TABLES = {
+    t.name: t
+    for t in (
+        PUPIL_RESULTS, PUPIL_PROGRESS, NATIONAL_ESTIMATES_UNSUPPRESSED, PUBLISHED_NATIONAL_ESTIMATES, SCHOOL_SCORES,
+        PUBLISHED_SCHOOL_MEASURES, TRUST_MEASURES, LA_MEASURES, REGION_MEASURES, NATIONAL_MEASURES, SUBGROUP_MEASURES,
+        IDENTIFIED_SCHOOLS, UNSUPPRESSED_MEASURES, PUPIL_MEASURES, CVA_MODEL, REJECTED_ROWS, RUNS,
+    )
+}

@@ -1,0 +1,336 @@
+"""Roll-up methodology as scenario tables a statistician can read (tests/scenarios/rollup/).
+
+Each test feeds a hand-made table through the release's own functions and compares with
+the hand-worked expectation in the same CSV: the trust rule (which schools count, with
+what weight), trust figures (weighting, the 3-schools rule, intervals), suppression at 5
+and 6 pupils (and secondary suppression), identification at the 10% / 20% boundaries
+(with and without last year's table) and trends.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from valueadded.config import load_release_config
+from valueadded.io.delta_store import TableStore
+from valueadded.io.schemas import UNSUPPRESSED_MEASURES
+from valueadded.rollup import aggregate, compare, history, identify, suppression, trusts
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios" / "rollup"
+YEAR = 2024
+ROLLUP = load_release_config().rollup
+MEASURE = "progress_reading"
+Z = 1.96
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    with (SCENARIOS / name).open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _date(text: str) -> dt.date | None:
+    return dt.date.fromisoformat(text) if text else None
+
+
+def _float(text: str) -> float | None:
+    return float(text) if text else None
+
+
+def _schools(spark, rows):
+    """A schools frame (school_id, provision, sector, la_code, region_code) for the scenario schools."""
+    ids = sorted({(r["school_id"], r["provision"]) for r in rows})
+    return spark.createDataFrame(
+        [(school, provision, "state_funded", "LA1", "R1") for school, provision in ids],
+        "school_id string, provision string, sector string, la_code string, region_code string",
+    )
+
+
+def _membership(spark, rows):
+    return spark.createDataFrame(
+        [(r["school_id"], r["trust_id"], f"Trust {r['trust_id']}", _date(r["join_date"]), _date(r.get("leave_date", ""))) for r in rows],
+        "school_id string, trust_id string, trust_name string, join_date date, leave_date date",
+    )
+
+
+# ----------------------------------------------------------------------------- trust rule
+
+
+def test_which_schools_count_towards_their_trust_and_their_weights(spark):
+    rows = _rows("trust_rule.csv")
+    found = {
+        r.school_id: r
+        for r in trusts.school_trusts(_membership(spark, rows), _schools(spark, rows), YEAR, ROLLUP.trusts).collect()
+    }
+    expected = {r["school_id"]: r for r in rows if r["expected_trust"]}
+    assert set(found) == set(expected), "schools in a trust on 31 August 2024"
+    for school, row in expected.items():
+        got = found[school]
+        assert got.trust_id == row["expected_trust"], row["case"]
+        assert got.full_years_in_trust == int(row["expected_full_years"]), row["case"]
+        assert got.in_trust_figure == (row["expected_in_trust_figure"] == "true"), row["case"]
+        assert got.trust_weight == _float(row["expected_weight"]), row["case"]
+
+
+def test_weights_come_from_the_configuration():
+    rules = dataclasses.replace(ROLLUP.trusts, time_in_trust_weights=((3, 1.0), (5, 2.0), (8, 3.0)))
+    assert [rules.weight(years) for years in (2, 3, 4, 5, 7, 8, 20)] == [None, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+
+
+# ----------------------------------------------------------------------------- trust figures
+
+
+def _trust_figures(spark):
+    """Run the scenario pupils through cells, trust eligibility, level sums and figures."""
+    rows = _rows("trust_pupils.csv")
+    membership = _membership(spark, rows)
+    schools = _schools(spark, rows)
+    school_trusts = trusts.school_trusts(membership, schools, YEAR, ROLLUP.trusts)
+    context = schools.join(school_trusts, on="school_id", how="left")
+    values = spark.createDataFrame(
+        [(r["school_id"], MEASURE, float(v)) for r in rows for v in r["pupil_values"].split(";")],
+        "school_id string, measure string, value double",
+    )
+    cells = aggregate.school_cells(values, {})
+    eligibility = aggregate.trust_eligibility(cells, context, ROLLUP.trusts.min_schools)
+    sums = aggregate.level_sums(cells, context, eligibility.where(F.col("eligible")).select("trust_id", "measure"))
+    sds = spark.createDataFrame([(MEASURE, 2.0)], "measure string, national_sd double")
+    no_school_scores = spark.createDataFrame([], "school_id string, measure string, n int, score double, lower double, upper double, band string")
+    figures = aggregate.figures(sums, no_school_scores, sds, {MEASURE: 1.0}, Z)
+    return eligibility, figures.where(F.col("level") == "trust")
+
+
+def test_trust_figures_are_time_weighted_and_need_three_counted_schools(spark):
+    eligibility, figures = _trust_figures(spark)
+    eligible = {r.trust_id: r for r in eligibility.collect()}
+    figure = {r.unit_id: r for r in figures.collect()}
+    for row in _rows("trust_expected.csv"):
+        trust = row["trust_id"]
+        assert eligible[trust].eligible == (row["expected_eligible"] == "true"), trust
+        assert eligible[trust].schools_in_trust == int(row["expected_schools_in_trust"]), trust
+        assert eligible[trust].schools_counted == int(row["expected_schools_counted"]), trust
+        if row["expected_eligible"] != "true":
+            assert trust not in figure, f"{trust} has no figure: {row['working']}"
+            continue
+        got = figure[trust]
+        assert got.n == int(row["expected_n"]), trust
+        assert got.weighted_pupils == pytest.approx(float(row["expected_weighted_pupils"]), abs=1e-12)
+        assert got.score == pytest.approx(float(row["expected_score"]), abs=1e-12), row["working"]
+        assert got.lower == pytest.approx(float(row["expected_lower"]), abs=1e-12), row["working"]
+        assert got.upper == pytest.approx(float(row["expected_upper"]), abs=1e-12), row["working"]
+        assert got.band == row["expected_band"], trust
+
+
+def test_school_cells_per_subgroup_value_and_only_for_the_configured_measures(spark):
+    values = spark.createDataFrame(
+        [("S1", MEASURE, 1.0, "yes"), ("S1", MEASURE, 3.0, "no"), ("S1", MEASURE, 5.0, "yes"), ("S1", "cva", 100.0, "yes")],
+        "school_id string, measure string, value double, disadvantaged string",
+    )
+    cells = aggregate.school_cells(values, {"disadvantaged": ("yes", "no")}, subgroup_measures=(MEASURE,))
+    got = {(r.measure, r.subgroup, r.subgroup_value): (r.n, r.value_sum, r.value_sum_sq) for r in cells.collect()}
+    assert got == {
+        (MEASURE, "all", "all"): (3, 9.0, 35.0),
+        (MEASURE, "disadvantaged", "yes"): (2, 6.0, None),
+        (MEASURE, "disadvantaged", "no"): (1, 3.0, None),
+        ("cva", "all", "all"): (1, 100.0, 10000.0),  # cva is not broken down: no subgroup cells
+    }
+
+
+# ----------------------------------------------------------------------------- suppression
+
+
+def test_suppression_at_5_and_6_pupils_and_secondary(spark):
+    rows = _rows("suppression.csv")
+    frame = spark.createDataFrame(
+        [(r["case"], r["level"], r["unit_id"], r["subgroup"], r["subgroup_value"], MEASURE, int(r["n"]),
+          int(r["last_year_n"]) if r["last_year_n"] else None, int(r["three_year_min_n"]) if r["three_year_min_n"] else None)
+         for r in rows],
+        "case string, level string, unit_id string, subgroup string, subgroup_value string, measure string, n int, "
+        "last_year_n int, three_year_min_n int",
+    )
+    assert ROLLUP.min_pupils == 6
+    got = {r.case: r for r in suppression.with_suppression(frame, ROLLUP.min_pupils).collect()}
+    for row in rows:
+        found = got[row["case"]]
+        assert found.suppression_reason == (row["expected_reason"] or None), row["case"]
+        assert found.suppressed == bool(row["expected_reason"]), row["case"]
+        assert found.trend_suppression_reason == (row["expected_trend_reason"] or None), row["case"]
+
+
+def test_shown_withholds_figures_of_suppressed_rows_only(spark):
+    frame = spark.createDataFrame(
+        [("a", 5, 1.5, 0.7, True, None), ("b", 6, 2.5, 0.9, False, "below_minimum_pupils_in_an_earlier_year"), ("c", 7, 3.5, 1.1, False, None)],
+        "unit_id string, n int, score double, last_year_score double, suppressed boolean, trend_suppression_reason string",
+    )
+    got = {r.unit_id: r for r in suppression.shown(frame, ("n", "score", "last_year_score")).collect()}
+    assert (got["a"].n, got["a"].score, got["a"].last_year_score) == (None, None, None)
+    assert (got["b"].n, got["b"].score, got["b"].last_year_score) == (6, 2.5, None)
+    assert (got["c"].n, got["c"].score, got["c"].last_year_score) == (7, 3.5, 1.1)
+
+
+def test_national_estimates_of_small_groups_are_withheld(spark):
+    estimates = spark.createDataFrame(
+        [("reading", 1, "computed", 5, 80.0, 3.0, 0.0, 1.0, -2.0), ("reading", 2, "computed", 6, 90.0, 3.0, 0.0, 1.0, -2.0)],
+        "subject string, prior_attainment_group int, source string, n int, estimate double, outcome_sd double, "
+        "progress_mean double, progress_sd double, cap double",
+    )
+    got = {r.prior_attainment_group: r for r in suppression.national_estimate_suppression(estimates, None, 6).collect()}
+    assert got[1].suppressed and got[1].estimate is None and got[1].n is None and got[1].cap is None
+    assert not got[2].suppressed and got[2].estimate == 90.0 and got[2].n == 6
+    # Applied (published) estimates: the publisher's estimate stays; this run's caps follow the rule.
+    applied = estimates.withColumn("n", F.lit(None).cast("int"))
+    pupils = spark.createDataFrame([("reading", 1, 3), ("reading", 2, 40)], "subject string, prior_attainment_group int, pupils long")
+    got = {r.prior_attainment_group: r for r in suppression.national_estimate_suppression(applied, pupils, 6).collect()}
+    assert got[1].suppressed and got[1].estimate == 80.0 and got[1].cap is None and got[1].progress_sd is None
+    assert not got[2].suppressed and got[2].cap == -2.0
+
+
+# ----------------------------------------------------------------------------- identification
+
+
+def _identification(spark, scenario: str):
+    rows = [r for r in _rows("identification.csv") if r["scenario"] == scenario]
+    measure = ROLLUP.identification.measure["ks2"]
+    figures = spark.createDataFrame(
+        [(r["school_id"], r["subgroup"], r["subgroup_value"], measure, int(r["n"]), float(r["score"]), False, None)
+         for r in rows if r["n"]],
+        "unit_id string, subgroup string, subgroup_value string, measure string, n int, score double, "
+        "suppressed boolean, suppression_reason string",
+    )
+    last_year = None
+    if any(r["identified_last_year"] for r in rows):
+        last_year = spark.createDataFrame(
+            [(r["school_id"], measure, r["subgroup"], r["subgroup_value"], True) for r in rows if r["identified_last_year"] == "true"],
+            "school_id string, measure string, subgroup string, subgroup_value string, identified boolean",
+        )
+    ranked = identify.ranked_subgroups(figures, ROLLUP.identification, measure)
+    table = identify.identified_schools(ranked, last_year, ROLLUP.identification, measure)
+    return rows, {r.school_id: r for r in ranked.collect()}, {r.school_id: r for r in table.collect()}
+
+
+@pytest.mark.parametrize("scenario", ["boundaries", "exit", "ties"])
+def test_identification_at_the_10_and_20_percent_boundaries(spark, scenario):
+    assert (ROLLUP.identification.lowest_percent, ROLLUP.identification.exit_above_percent) == (10, 20)
+    assert ROLLUP.identification.min_pupils == 10
+    rows, ranked, table = _identification(spark, scenario)
+    for row in rows:
+        school = row["school_id"]
+        if row["expected_rank"]:
+            assert ranked[school].rank == int(row["expected_rank"]), (scenario, school)
+            assert ranked[school].percentile == pytest.approx(float(row["expected_percentile"]), abs=1e-12)
+            assert ranked[school].eligible_subgroups == 20
+        if row["expected_status"]:
+            assert table[school].status == row["expected_status"], (scenario, school)
+            assert table[school].identified == (row["expected_status"] != "exited")
+        else:
+            assert school not in table, (scenario, school)
+    expected_last_year = None if scenario != "exit" else True
+    if scenario != "exit":
+        assert all(r.identified_last_year is expected_last_year for r in table.values())
+
+
+def test_identification_cut_offs(spark):
+    _, _, table = _identification(spark, "boundaries")
+    assert {r.lowest_cutoff_score for r in table.values()} == {-1.9}
+    assert {r.exit_cutoff_score for r in table.values()} == {-1.7}
+
+
+# ----------------------------------------------------------------------------- trends
+
+
+def _year(spark, rows, year):
+    present = [(r["case"], int(r[f"n_{year}"]), float(r[f"score_{year}"])) for r in rows if r[f"n_{year}"]]
+    return spark.createDataFrame(present, "unit_id string, n int, score double").select(
+        F.lit("school").alias("level"), "unit_id", F.lit("all").alias("subgroup"), F.lit("all").alias("subgroup_value"),
+        F.lit(MEASURE).alias("measure"), "n", F.col("n").cast("double").alias("weighted_pupils"), "score",
+    )
+
+
+def test_trends_three_year_average_and_change(spark):
+    rows = _rows("trends.csv")
+    got = {
+        r.unit_id: r
+        for r in history.with_trends(_year(spark, rows, 2024), _year(spark, rows, 2023), _year(spark, rows, 2022)).collect()
+    }
+    for row in rows:
+        found = got[row["case"]]
+        assert found.last_year_score == _float(row["expected_last_year_score"]), row["case"]
+        assert found.change_from_last_year == _float(row["expected_change_from_last_year"]), row["case"]
+        if row["expected_three_year_average"]:
+            assert found.three_year_average == pytest.approx(float(row["expected_three_year_average"]), abs=1e-12), row["working"]
+        else:
+            assert found.three_year_average is None, row["case"]
+
+
+def test_trends_without_history_are_null(spark):
+    rows = _rows("trends.csv")
+    got = history.with_trends(_year(spark, rows, 2024), None, None).collect()
+    assert all(r.last_year_score is None and r.three_year_average is None and r.last_year_n is None for r in got)
+
+
+def test_earlier_partition_is_read_only_when_present(spark, tmp_path):
+    store = TableStore(spark, tmp_path)
+    assert history.earlier_partition(store, UNSUPPRESSED_MEASURES, 2023, "ks2", "validated") is None  # no table yet
+    data = [c for c in UNSUPPRESSED_MEASURES.spark_schema().fields if c.name not in ("academic_year", "key_stage", "data_stage")]
+    row = ("school", "S1", "all", "all", MEASURE, 1, 30, 30.0, 0.5, 0.1, 0.9, "above", 0.0, None, None, None, None, None)
+    frame = spark.createDataFrame([row], schema=T.StructType(data))
+    store.replace_partition(frame, UNSUPPRESSED_MEASURES, 2023, "ks2", "validated")
+    found = history.earlier_partition(store, UNSUPPRESSED_MEASURES, 2023, "ks2", "validated")
+    assert found is not None and [r.score for r in found.collect()] == [0.5]
+    assert history.earlier_partition(store, UNSUPPRESSED_MEASURES, 2023, "ks2", "unvalidated") is None
+    assert history.earlier_partition(store, UNSUPPRESSED_MEASURES, 2022, "ks2", "validated") is None
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def test_similar_school_groups_band_cohort_size_and_disadvantage(spark):
+    cohorts = {"P1": (30, 6), "P2": (14, 0), "P3": (90, 54), "P4": (45, 4)}  # included pupils, disadvantaged
+    rows = [
+        (school, f"{school}-{i}", True, "yes" if i < disadvantaged else "no")
+        for school, (size, disadvantaged) in cohorts.items()
+        for i in range(size)
+    ]
+    rows.append(("P2", "P2-excluded", False, "yes"))  # not included: not in the cohort
+    pupils = spark.createDataFrame(rows, "school_id string, pupil_id string, included boolean, disadvantaged string")
+    schools = spark.createDataFrame([(s, "primary", "mainstream") for s in cohorts], "school_id string, phase string, provision string")
+    got = {r.school_id: r.similar_schools_group for r in compare.similar_school_groups(pupils, schools, "ks2", ROLLUP.similar_schools).collect()}
+    assert got == {
+        "P1": "primary|mainstream|size 30-45|disadvantaged 20-30%",
+        "P2": "primary|mainstream|size 1-15|disadvantaged 0-10%",
+        "P3": "primary|mainstream|size 90+|disadvantaged 60%+",
+        "P4": "primary|mainstream|size 45-60|disadvantaged 0-10%",
+    }
+
+
+def test_quadrants_compare_with_the_national_figures(spark):
+    rows = spark.createDataFrame(
+        [("A", "progress_reading", 0.5, 0.0), ("A", "pct_expected_rwm", 60.0, 60.0),
+         ("B", "progress_reading", -0.1, 0.0), ("B", "pct_expected_rwm", 70.0, 60.0),
+         ("C", "progress_reading", 0.0, 0.0), ("C", "pct_expected_rwm", 59.9, 60.0)],
+        "school_id string, measure string, score double, national_score double",
+    ).withColumn("suppressed", F.lit(False))
+    found = compare.with_quadrant(rows, {"progress_reading": "pct_expected_rwm"}).collect()
+    got = {r.school_id: r.quadrant for r in found if r.measure == "progress_reading"}
+    assert got == {"A": "high_attainment_high_progress", "B": "high_attainment_low_progress", "C": "low_attainment_high_progress"}
+    assert {r.quadrant for r in found if r.measure == "pct_expected_rwm"} == {None}
+    assert {r.quadrant_attainment_measure for r in found if r.measure == "progress_reading"} == {"pct_expected_rwm"}
+    # A withheld attainment figure gives no quadrant.
+    withheld = rows.withColumn("suppressed", (F.col("school_id") == "A") & (F.col("measure") == "pct_expected_rwm"))
+    got = {r.school_id: r.quadrant for r in compare.with_quadrant(withheld, {"progress_reading": "pct_expected_rwm"}).collect() if r.measure == "progress_reading"}
+    assert got["A"] is None and got["B"] == "high_attainment_low_progress"
+
+
+def test_ranks_count_shown_figures_only(spark):
+    rows = spark.createDataFrame(
+        [("A", "T1", 0.5, False), ("B", "T1", 0.9, False), ("C", "T1", 0.9, False), ("D", "T1", 2.0, True), ("E", None, 1.0, False)],
+        "school_id string, trust_id string, score double, suppressed boolean",
+    ).withColumn("measure", F.lit(MEASURE))
+    got = {r.school_id: (r.rank_in_trust, r.schools_ranked_in_trust) for r in compare.with_rank(rows, "trust_id", "rank_in_trust", "schools_ranked_in_trust").collect()}
+    assert got == {"A": (3, 3), "B": (1, 3), "C": (1, 3), "D": (None, None), "E": (None, None)}
