@@ -467,12 +467,12 @@ _FIGURE_COLUMNS = (
     Column("upper", "double", True, "Upper limit of the 95% confidence interval (progress measures and CVA); null when withheld."),
     Column("band", "string", True, "well_above, above, average, below or well_below (progress measures; the school bands' rule); null when withheld."),
 )
-_NATIONAL_SCORE = Column("national_score", "double", True, "The national figure of the same measure (and subgroup), for benchmarking.")
+_NATIONAL_SCORE = Column("national_score", "double", True, "The national figure of the same measure (and subgroup), for benchmarking; null when national_measures / subgroup_measures withhold it.")
 _TREND_COLUMNS = (
     Column("last_year_score", "double", True, "The same figure last year (history_data_stage partition of academic_year - 1); null when absent or withheld."),
     Column("change_from_last_year", "double", True, "score - last_year_score; null when either is absent or withheld."),
     Column("three_year_average", "double", True, "Pupil-weighted mean of this year's and the two previous years' figures, when all three exist; null otherwise or when withheld."),
-    Column("trend_suppression_reason", "string", True, "below_minimum_pupils_in_an_earlier_year when an earlier year's figure rests on fewer than the minimum pupils, so the trend columns are withheld; null otherwise."),
+    Column("trend_suppression_reason", "string", True, "withheld_in_an_earlier_year when a year the trend columns use was withheld in that year's tables (fewer than the minimum pupils, or secondary), so they are withheld; null otherwise."),
 )
 _FIGURE_NAMES = ("n", "score", "lower", "upper", "band")
 _TREND_NAMES = ("last_year_score", "change_from_last_year", "three_year_average")
@@ -556,7 +556,7 @@ TRUST_MEASURES = TableSchema(
 )
 
 _AREA_COLUMNS = (
-    Column("schools", "int", False, "Schools with pupils in the measure."),
+    Column("schools", "int", True, "Schools with pupils in the measure; null when withheld (n >= schools, so it would bound a withheld n)."),
     *_FIGURE_COLUMNS,
 )
 
@@ -570,7 +570,7 @@ LA_MEASURES = TableSchema(
     partition_by=PARTITION_NAMES,
     audience="published",
     key=("academic_year", "key_stage", "data_stage", "la_code", "measure"),
-    suppressible=(*_FIGURE_NAMES, *_TREND_NAMES),
+    suppressible=("schools", *_FIGURE_NAMES, *_TREND_NAMES),
     columns=(
         *PARTITION_COLUMNS,
         Column("la_code", "string", False, "Local authority code."),
@@ -591,7 +591,7 @@ REGION_MEASURES = TableSchema(
     partition_by=PARTITION_NAMES,
     audience="published",
     key=("academic_year", "key_stage", "data_stage", "region_code", "measure"),
-    suppressible=(*_FIGURE_NAMES, *_TREND_NAMES),
+    suppressible=("schools", *_FIGURE_NAMES, *_TREND_NAMES),
     columns=(
         *PARTITION_COLUMNS,
         Column("region_code", "string", False, "Region code."),
@@ -615,7 +615,7 @@ NATIONAL_MEASURES = TableSchema(
     partition_by=PARTITION_NAMES,
     audience="published",
     key=("academic_year", "key_stage", "data_stage", "measure"),
-    suppressible=(*_FIGURE_NAMES, *_TREND_NAMES),
+    suppressible=("schools", *_FIGURE_NAMES, *_TREND_NAMES),
     columns=(
         *PARTITION_COLUMNS,
         Column("measure", "string", False, "Measure name."),
@@ -638,7 +638,7 @@ SUBGROUP_MEASURES = TableSchema(
     partition_by=PARTITION_NAMES,
     audience="published",
     key=("academic_year", "key_stage", "data_stage", "level", "unit_id", "subgroup", "subgroup_value", "measure"),
-    suppressible=(*_FIGURE_NAMES, *_TREND_NAMES),
+    suppressible=("schools", *_FIGURE_NAMES, *_TREND_NAMES),
     columns=(
         *PARTITION_COLUMNS,
         Column("level", "string", False, "school, trust, la, region or national."),
@@ -647,7 +647,7 @@ SUBGROUP_MEASURES = TableSchema(
         Column("subgroup_value", "string", False, "yes/no; sen none, support or plan; gender female or male; the major ethnic group; band low, middle, high or none."),
         Column("measure", "string", False, "Measure name."),
         *_AREA_COLUMNS,
-        Column("national_score", "double", True, "The national figure of the same subgroup and measure."),
+        Column("national_score", "double", True, "The national figure of the same subgroup and measure; null when withheld at national level."),
         *_TREND_COLUMNS,
         *SUPPRESSION_COLUMNS,
     ),

@@ -193,10 +193,19 @@ def national_sds(school_scores: DataFrame, national_sums: DataFrame, measures: t
     return from_schools.unionByName(from_pupils)
 
 
-def national_scores(national_sums: DataFrame) -> DataFrame:
-    """subgroup, subgroup_value, measure, national_score from the national sums."""
-    return national_sums.where(F.col("level") == NATIONAL).select(
-        "subgroup", "subgroup_value", "measure", (F.col("weighted_sum") / F.col("weighted_pupils")).alias("national_score")
+def national_scores(national_sums: DataFrame, min_pupils: int) -> DataFrame:
+    """subgroup, subgroup_value, measure, national_score from the national sums.
+
+    The national figure is null where national_measures / subgroup_measures withhold it
+    (the suppression rule), so the benchmark beside other figures never shows it.
+    """
+    from valueadded.rollup.suppression import withheld_reason  # here: suppression imports the schemas
+
+    national = national_sums.where(F.col("level") == NATIONAL).select(
+        *FIGURE_KEY, "n", (F.col("weighted_sum") / F.col("weighted_pupils")).alias("_score")
+    )
+    return withheld_reason(national, min_pupils).select(
+        "subgroup", "subgroup_value", "measure", F.when(~F.col("suppressed"), F.col("_score")).alias("national_score")
     )
 
 
@@ -247,13 +256,15 @@ def school_figures(school_scores: DataFrame, nationals: DataFrame) -> DataFrame:
     ).join(F.broadcast(nationals), on=["subgroup", "subgroup_value", "measure"], how="left").select(*FIGURE_COLUMNS)
 
 
-def figures(sums: DataFrame, school_scores: DataFrame, sds: DataFrame, thresholds: dict[str, float], z: float) -> DataFrame:
+def figures(
+    sums: DataFrame, school_scores: DataFrame, sds: DataFrame, thresholds: dict[str, float], z: float, min_pupils: int
+) -> DataFrame:
     """Every figure (FIGURE_COLUMNS) from level_sums(), the schools' all-pupil rows from school_scores.
 
     The release builds the same rows in parts (valueadded.rollup.stage); this is the
     whole in one plan, for small frames and tests.
     """
-    nationals = national_scores(sums)
+    nationals = national_scores(sums, min_pupils)
     school_all = (F.col("level") == "school") & (F.col("subgroup") == ALL)
     rolled = figures_from_sums(sums.where(~school_all), sds, nationals, thresholds, z)
     return rolled.unionByName(school_figures(school_scores, nationals))

@@ -207,12 +207,12 @@ def stage_rollup(release) -> None:
     placed = aggregate.placed_cells(cells, context, eligibility.where(F.col("eligible")).select("trust_id", "measure"))
     national_sums = _gathered(aggregate.higher_level_sums(placed, (aggregate.NATIONAL,)))
     sds = aggregate.national_sds(scores, national_sums, MEASURES[key_stage], z)
-    nationals = F.broadcast(aggregate.national_scores(national_sums))
+    nationals = F.broadcast(aggregate.national_scores(national_sums, config.min_pupils))
     last_year = history.earlier_partition(store, UNSUPPRESSED_MEASURES, year - 1, key_stage, config.history_data_stage)
     two_years_ago = history.earlier_partition(store, UNSUPPRESSED_MEASURES, year - 2, key_stage, config.history_data_stage)
 
     def finished(figures: DataFrame) -> DataFrame:
-        return _materialised(suppression.with_suppression(history.with_trends(figures, last_year, two_years_ago), config.min_pupils))
+        return _materialised(suppression.with_suppression(history.with_trends(figures, last_year, two_years_ago, config.min_pupils), config.min_pupils))
 
     # Three parts: the levels above schools, the schools' own figures, and the schools'
     # subgroups (most of the rows: built from the cells without a shuffle).

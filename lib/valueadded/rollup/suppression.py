@@ -14,7 +14,8 @@ TableSchema.suppressible columns, when:
   then cover at least min_pupils pupils.
 
 Trend columns are also withheld, with `trend_suppression_reason`, when a year they use
-rests on fewer than the minimum pupils, so an earlier year's withheld figure cannot be
+was withheld in that year's tables (this rule applied to that year's figures: fewer than
+the minimum pupils, or secondary), so an earlier year's withheld figure cannot be
 recovered from a change or an average. The row stays (suppressed = true and a reason),
 so a dashboard can say why there is no figure. Differences between levels (a local
 authority's figure against its schools') are not protected: a school or authority of
@@ -31,15 +32,14 @@ from valueadded.io.schemas import TREND_SUPPRESSIBLE
 
 BELOW_MINIMUM = "below_minimum_pupils"
 SECONDARY = "secondary"
-EARLIER_YEAR_BELOW_MINIMUM = "below_minimum_pupils_in_an_earlier_year"
+EARLIER_YEAR_WITHHELD = "withheld_in_an_earlier_year"
 
 
-def with_suppression(figures: DataFrame, min_pupils: int) -> DataFrame:
-    """Add suppression_reason, suppressed and trend_suppression_reason to unsuppressed figures.
+def withheld_reason(figures: DataFrame, min_pupils: int) -> DataFrame:
+    """Add suppression_reason and suppressed (the rule above) to unsuppressed figures.
 
     Args:
-        figures: one row per level, unit_id, subgroup, subgroup_value and measure, with
-            n and, when trends exist, last_year_n and three_year_min_n.
+        figures: one row per level, unit_id, subgroup, subgroup_value and measure, with n.
     """
     minimum = F.lit(min_pupils)
     primary = F.col("n") < minimum
@@ -49,11 +49,17 @@ def with_suppression(figures: DataFrame, min_pupils: int) -> DataFrame:
     smallest_shown = F.row_number().over(dimension.orderBy(primary.asc(), F.col("n").asc(), F.col("subgroup_value").asc())) == 1
     secondary = (F.col("subgroup") != "all") & ~primary & (withheld_pupils > 0) & (withheld_pupils < minimum) & smallest_shown
     reason = F.when(primary, F.lit(BELOW_MINIMUM)).when(secondary, F.lit(SECONDARY))
-    earlier_small = (F.coalesce(F.col("last_year_n"), minimum) < minimum) | (F.coalesce(F.col("three_year_min_n"), minimum) < minimum)
-    return (
-        figures.withColumn("suppression_reason", reason)
-        .withColumn("suppressed", F.col("suppression_reason").isNotNull())
-        .withColumn("trend_suppression_reason", F.when(~F.col("suppressed") & earlier_small, F.lit(EARLIER_YEAR_BELOW_MINIMUM)))
+    return figures.withColumn("suppression_reason", reason).withColumn("suppressed", F.col("suppression_reason").isNotNull())
+
+
+def with_suppression(figures: DataFrame, min_pupils: int) -> DataFrame:
+    """Add suppression_reason, suppressed and trend_suppression_reason to unsuppressed figures.
+
+    Args:
+        figures: as for withheld_reason(), with earlier_year_withheld (history.with_trends()).
+    """
+    return withheld_reason(figures, min_pupils).withColumn(
+        "trend_suppression_reason", F.when(~F.col("suppressed") & F.col("earlier_year_withheld"), F.lit(EARLIER_YEAR_WITHHELD))
     )
 
 
