@@ -36,6 +36,11 @@
 #   VALUEADDED_BUILD_DIR (default build/ of this checkout).
 # - spark-submit: SPARK_SUBMIT if set, else spark-submit on PATH, else the one that
 #   pyspark installed in .venv/bin.
+# - nothing for the pupil pseudonym key: the release reads it from VALUEADDED_PSEUDONYM_KEY
+#   (or the variable --pseudonym-key-env names), which must be set in this script's
+#   environment from the platform's secret store. spark-submit runs the driver here, so the
+#   variable reaches it as it is; the executors receive the key inside their tasks. The
+#   script never prints it or puts it on a command line. Without it the release exits 2.
 # Delta Lake: with the Delta JARs (--packages io.delta:delta-spark_2.13:4.0.0) and
 # --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension
 # --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog

@@ -1,6 +1,7 @@
-"""Shared fixtures: one SparkSession for the whole run (starting one costs ~7 s) and one
-release of a small generated cohort that the end-to-end tests read (a release costs
-30-60 s here, so it is run once, not once per test module)."""
+"""Shared fixtures: one SparkSession for the whole run (starting one costs ~7 s), the
+pupil pseudonym key every release in the tests uses, and one release of a small
+generated cohort that the end-to-end tests read (a release costs 30-60 s here, so it is
+run once, not once per test module)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,22 @@ from pathlib import Path
 
 import pytest
 
+from valueadded.io.pseudonym import DEFAULT_KEY_VARIABLE, PseudonymKey
 from valueadded.spark import get_spark
 
+from support.pseudonyms import TEST_KEY
+
 GENERATED_YEAR, GENERATED_SEED, GENERATED_SCALE = 2024, 7, 0.02
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pseudonym_key() -> PseudonymKey:
+    """The generated cohort's development key (valueadded.synth), set explicitly in this
+    session's environment as a scheduler sets the real one: releases read it from there,
+    and processes the tests start inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DEFAULT_KEY_VARIABLE, TEST_KEY.secret.decode())
+        yield PseudonymKey.from_environment()
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +59,7 @@ class GeneratedRelease:
 
 
 @pytest.fixture(scope="session")
-def generated_release(spark, tmp_path_factory) -> GeneratedRelease:
+def generated_release(spark, tmp_path_factory, pseudonym_key) -> GeneratedRelease:
     from valueadded.cli import main
     from valueadded.synth.cohort import generate_cohort
 

@@ -38,6 +38,10 @@ inputs are read from ``<input_root>/<year>``; ``spark_submit_args`` (optional) g
 spark-submit. The DAG param ``year`` (academic year of the results, 2024 = 2023/24)
 defaults to the academic year that ended before the run: runs from September 2024 to
 August 2025 release 2024. Give it explicitly for a manual run.
+
+The pupil pseudonym key is not a setting: the release reads it from
+``VALUEADDED_PSEUDONYM_KEY`` in the worker's environment (filled from the secret store,
+deploy/README.md), which the task passes on to the wrapper unchanged.
 """
 
 from __future__ import annotations

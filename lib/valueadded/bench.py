@@ -38,10 +38,13 @@ def _python_peak_mib() -> float:
 
 def run_benchmark(year: int, seed: int, scale: float, work_dir: Path) -> list[dict]:
     """Generate, release, and print the figures; return them as rows."""
+    from valueadded.io.pseudonym import PseudonymKey
     from valueadded.pipeline import run_release
     from valueadded.spark import get_spark
+    from valueadded.synth import SYNTHETIC_COHORT_PSEUDONYM_KEY
     from valueadded.synth.cohort import generate_cohort
 
+    pseudonym_key = PseudonymKey("valueadded.synth.SYNTHETIC_COHORT_PSEUDONYM_KEY", SYNTHETIC_COHORT_PSEUDONYM_KEY.encode())
     shutil.rmtree(work_dir, ignore_errors=True)
     input_dir, output_dir = work_dir / "input", work_dir / "output"
     config = load_release_config()
@@ -60,7 +63,7 @@ def run_benchmark(year: int, seed: int, scale: float, work_dir: Path) -> list[di
     for key_stage in ("ks2", "ks4"):
         for data_stage in ("unvalidated", "validated"):
             started = time.perf_counter()
-            record = run_release(spark, config, input_dir, output_dir, year, key_stage, data_stage, "bench")
+            record = run_release(spark, config, input_dir, output_dir, year, key_stage, data_stage, "bench", pseudonym_key)
             seconds = time.perf_counter() - started
             pupils = record.row_counts["inputs"]["pupils"]["rows_in_scope"]
             rows.append({"key_stage": key_stage, "data_stage": data_stage, "pupils": pupils, "seconds": seconds, "stages": record.stage_timings})

@@ -2,8 +2,9 @@
 
 Exit codes: 0 success; 1 internal error (a defect: please report it); 2 bad input or
 configuration (a missing file or column, a wrong type, an unreadable CSV, a bad config
-key, a CVA model the data cannot estimate); 3 validation threshold exceeded (too many
-rejected rows; see `rejected_rows`).
+key, a CVA model the data cannot estimate, no usable pupil pseudonym key, an output
+folder of an earlier schema version); 3 validation threshold exceeded (too many
+rejected rows; see `rejected_rows`); 4 another run is releasing the same partition.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from valueadded.config import CVA_EMPTY_TERMS, ConfigError, load_release_config
 from valueadded.cva.reml import RemlError
 from valueadded.io.inputs import StructuralInputError
 from valueadded.io.intake import ValidationThresholdError
+from valueadded.io.pseudonym import DEFAULT_KEY_VARIABLE, MIN_KEY_BYTES
 from valueadded.io.publish import PartitionLockedError
 
 log = logging.getLogger("valueadded")
@@ -66,9 +68,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
+    from valueadded.io.pseudonym import PseudonymKey
     from valueadded.pipeline import DATA_STAGES, KEY_STAGES, run_release
     from valueadded.spark import get_spark
 
+    # First: a release without its key stops before reading or generating anything.
+    pseudonym_key = PseudonymKey.from_environment(args.pseudonym_key_env)
     config = load_release_config(args.config)
     if args.published_estimates:
         from valueadded.measures.published import with_published_estimates
@@ -82,7 +87,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     command = " ".join(shlex.quote(a) for a in sys.argv)
     for key_stage in _expand(args.key_stage, KEY_STAGES):
         for data_stage in _expand(args.stage, DATA_STAGES):
-            record = run_release(spark, config, input_dir, output_dir, args.year, key_stage, data_stage, command)
+            record = run_release(spark, config, input_dir, output_dir, args.year, key_stage, data_stage, command, pseudonym_key)
             pupils = record.row_counts["pupil_results"]
             print(
                 f"{args.year} {key_stage} {data_stage}: {pupils['included']} pupils included, {pupils['excluded']} excluded, "
@@ -146,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a CVA term no pupil has: stop the release or drop the term (overrides --config)",
     )
     release.add_argument("--published-estimates", metavar="NAME", help="apply published estimates conf/reference/published/NAME (overrides --config)")
+    release.add_argument(
+        "--pseudonym-key-env", metavar="NAME", default=DEFAULT_KEY_VARIABLE,
+        help=f"environment variable holding the pupil pseudonym key (default {DEFAULT_KEY_VARIABLE}; at least {MIN_KEY_BYTES} bytes)",
+    )
     release.set_defaults(handler=cmd_release)
 
     snapshot = sub.add_parser("snapshot", help="write every table of an earlier run exactly as it published them (from the run log)")

@@ -64,6 +64,14 @@ def render_tables() -> str:
         "`national_estimates_unsuppressed` and `unsuppressed_measures` (every roll-up figure),",
         "and `pupil_measures` holds the pupil values behind each figure (the drill-down).",
         "",
+        "Pupil pseudonyms: no table holds an input pupil id. Every pupil id column, and the",
+        "`pupil_id` inside `rejected_rows.row_json`, holds the pupil's pseudonym: the first 32 hex",
+        "digits of HMAC-SHA256 of the input id (UTF-8) with the release's pseudonym key, which",
+        "comes from an environment variable (`VALUEADDED_PSEUDONYM_KEY` by default) and is never",
+        "stored. The same key gives the same pseudonym in every table, stage and year, so",
+        "`pupil_id` joins the pupil tables; `runs.pseudonym_key_fingerprint` says which key a run",
+        f"used. Pseudonymised columns: {', '.join(f'`{name}.{column}`' for name, schema in OUTPUT_TABLES.items() for column in schema.pseudonymised)}.",
+        "",
     ]
     for schema in OUTPUT_TABLES.values():
         lines += [

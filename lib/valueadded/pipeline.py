@@ -24,10 +24,11 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from valueadded.config import ReleaseConfig
+from valueadded.config import ConfigError, ReleaseConfig
 from valueadded.cva.stage import stage_cva
-from valueadded.io.delta_store import TableStore
+from valueadded.io.delta_store import SchemaMismatchError, TableStore
 from valueadded.io.intake import Intake, check_rejected_share, run_intake
+from valueadded.io.pseudonym import PseudonymKey
 from valueadded.io.runlog import RunRecord
 from valueadded.io.publish import PartitionLock, publish, recover_partition
 from valueadded.io.schemas import OUTPUT_TABLES, PUPIL_RESULTS, REJECTED_ROWS, RUNS, TableSchema
@@ -45,6 +46,10 @@ class ReconciliationError(RuntimeError):
     """Rows in do not equal rows included + excluded + rejected: a defect, never data."""
 
 
+class OutputSchemaError(ConfigError):
+    """The output folder holds a table written with an older schema than this code's."""
+
+
 @dataclass
 class Release:
     """Everything one run knows: its partition, inputs, intermediate frames and outputs."""
@@ -57,6 +62,7 @@ class Release:
     key_stage: str
     data_stage: str
     record: RunRecord
+    pseudonym_key: PseudonymKey
     intake: Intake | None = None
     frames: dict[str, DataFrame] = field(default_factory=dict)
     outputs: dict[str, tuple[TableSchema, DataFrame]] = field(default_factory=dict)
@@ -156,7 +162,7 @@ def amendment_counts(release: Release, pupils: DataFrame) -> dict:
 
 def stage_write(release: Release) -> None:
     """Stage every output table's partition, then publish them all together (io/publish.py)."""
-    store = TableStore(release.spark, release.output_dir)
+    store = TableStore(release.spark, release.output_dir, pseudonym_key=release.pseudonym_key)
     staged = [
         store.stage_partition(frame, schema, release.year, release.key_stage, release.data_stage)
         for schema, frame in release.outputs.values()
@@ -180,6 +186,26 @@ def stages_for(key_stage: str) -> list[Stage]:
     ]
 
 
+def check_output_schemas(store: TableStore) -> None:
+    """Stop before any work when an existing output table has another schema than the code's.
+
+    Such a table cannot be written (nor the run logged) by this version: the run would
+    fail at the end, or its run log row would be lost.
+    """
+    problems = []
+    for schema in OUTPUT_TABLES.values():
+        try:
+            store.check_existing(schema)
+        except SchemaMismatchError as error:
+            problems.append(f"{schema.name} (this code writes v{schema.version})")
+            log.debug("%s", error)
+    if problems:
+        raise OutputSchemaError(
+            f"{store.root}: tables written by an earlier schema version: {', '.join(problems)}. Release into a new "
+            "--output folder (docs/tables.md lists each table's schema version)"
+        )
+
+
 def run_release(
     spark: SparkSession,
     config: ReleaseConfig,
@@ -189,12 +215,21 @@ def run_release(
     key_stage: str,
     data_stage: str,
     command: str = "",
+    pseudonym_key: PseudonymKey | None = None,
 ) -> RunRecord:
-    """Run one release: every stage, then the run log. Re-raises a stage's error after logging the run."""
+    """Run one release: every stage, then the run log. Re-raises a stage's error after logging the run.
+
+    Args:
+        pseudonym_key: the key pupil pseudonyms are computed with; by default the one in
+            $VALUEADDED_PSEUDONYM_KEY (PseudonymKeyError, before any work, when unset).
+    """
     if key_stage not in KEY_STAGES:
         raise ValueError(f"key stage must be one of {KEY_STAGES}, got {key_stage!r}")
     if data_stage not in DATA_STAGES:
         raise ValueError(f"data stage must be one of {DATA_STAGES}, got {data_stage!r}")
+    if pseudonym_key is None:
+        pseudonym_key = PseudonymKey.from_environment()
+    check_output_schemas(TableStore(spark, output_dir))
     record = RunRecord(
         run_id=uuid.uuid4().hex,
         command=command,
@@ -202,8 +237,10 @@ def run_release(
         key_stage=key_stage,
         data_stage=data_stage,
         config_json=config.to_json(),
+        pseudonym_key_fingerprint=pseudonym_key.fingerprint,
     )
-    release = Release(spark, config, Path(input_dir), Path(output_dir), year, key_stage, data_stage, record)
+    log.info("run %s: pupil pseudonyms keyed with %s", record.run_id, pseudonym_key)
+    release = Release(spark, config, Path(input_dir), Path(output_dir), year, key_stage, data_stage, record, pseudonym_key)
     status, error = "succeeded", None
     lock = PartitionLock(Path(output_dir), year, key_stage, data_stage, record.run_id)
     try:

@@ -16,6 +16,8 @@ from valueadded.config import DEFAULT_RELEASE_CONFIG
 from valueadded.io.delta_store import TableStore
 from valueadded.io.schemas import PUPIL_RESULTS, REJECTED_ROWS, RUNS
 
+from support.pseudonyms import TEST_KEY, pseudonymised
+
 YEAR = 2024
 
 
@@ -56,8 +58,9 @@ def test_data_stages_differ_exactly_by_checking_exercise_and_discounting(release
         unvalidated = store.read(PUPIL_RESULTS, YEAR, key_stage, "unvalidated").toPandas().set_index("pupil_id")
         validated = store.read(PUPIL_RESULTS, YEAR, key_stage, "validated").toPandas().set_index("pupil_id")
         amendments = _input_rows(root, "amendments", key_stage=key_stage)
-        added = set(amendments[amendments.action == "add"].pupil_id) & set(unvalidated.index)
-        removed = set(amendments[amendments.action == "remove"].pupil_id) & set(validated.index)
+        # Output pupil ids are pseudonyms of the input ids.
+        added = pseudonymised(amendments[amendments.action == "add"].pupil_id) & set(unvalidated.index)
+        removed = pseudonymised(amendments[amendments.action == "remove"].pupil_id) & set(validated.index)
         assert added and removed, "the generated cohort should exercise both amendment kinds"
         assert set(unvalidated[unvalidated.exclusion_reason == "added_at_checking"].index) == added
         assert set(validated[validated.exclusion_reason == "removed_at_checking"].index) == removed
@@ -116,6 +119,7 @@ def test_rerun_replaces_its_partition_and_keeps_the_other(released, spark, tmp_p
     assert sorted(map(tuple, exported.astype(str).values)) == unvalidated_rows
     manifest = json.loads((tmp_path / "first" / "manifest.json").read_text())
     assert manifest["partition"] == [YEAR, "ks2", "unvalidated"] and manifest["run_id"] == first
+    assert manifest["pseudonym_key_fingerprint"] == TEST_KEY.fingerprint
     assert set(manifest["rows"]) == set(json.loads(runs.table_versions_json[0]))
     assert main(["snapshot", "--output", str(tmp_path / "output"), "--run", "no-such-run", "--to", str(tmp_path / "x")]) == 2
 

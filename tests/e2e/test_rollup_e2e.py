@@ -25,6 +25,8 @@ from valueadded.io.schemas import OUTPUT_TABLES
 from valueadded.measures.ks2 import load_tables
 from valueadded.rollup.measures import MEASURES, PROGRESS, progress_measure_name
 
+from support.pseudonyms import pseudonym_of
+
 YEAR = 2024
 ROLLUP = load_release_config().rollup
 MIN = ROLLUP.min_pupils
@@ -90,7 +92,9 @@ def _subgroups(results: pd.DataFrame, key_stage: str) -> pd.DataFrame:
 
 def _ks2_attainment(tables, results: pd.DataFrame) -> pd.DataFrame:
     """KS2 attainment pupil values from the raw input results (unvalidated: no corrections)."""
-    raw = _input(tables, "ks2_results").merge(results[["pupil_id", "included"]], on="pupil_id")
+    raw = _input(tables, "ks2_results")
+    raw["pupil_id"] = raw.pupil_id.map(pseudonym_of)  # the outputs hold pseudonyms
+    raw = raw.merge(results[["pupil_id", "included"]], on="pupil_id", validate="one_to_one")
     raw = raw[raw.included]
     ks2 = load_tables(YEAR)
     rows = []

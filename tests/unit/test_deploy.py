@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from valueadded import cli
+from valueadded.io.pseudonym import DEFAULT_KEY_VARIABLE
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = REPO / "deploy" / "databricks"
@@ -44,6 +45,7 @@ SAMPLE_VARIABLES = {
 }
 VARIABLE_REFERENCE = re.compile(r"\$\{var\.(\w+)\}")
 JOB_PARAMETER_REFERENCE = re.compile(r"\{\{job\.parameters\.(\w+)\}\}")
+SECRET_REFERENCE = re.compile(r"\{\{secrets/([\w.-]+)/([\w.-]+)\}\}")
 
 
 def release_choices(option: str) -> tuple[str, ...]:
@@ -156,6 +158,20 @@ def test_bundle_references_only_declared_variables(bundle):
     assert used <= set(bundle["variables"]), used - set(bundle["variables"])
     required = {name for name, spec in bundle["variables"].items() if "default" not in spec}
     assert required == set(SAMPLE_VARIABLES)
+
+
+def test_every_job_cluster_takes_the_pseudonym_key_from_a_secret_scope(bundle):
+    """The key reaches the release as the environment variable it reads by default, from a
+    Databricks secret reference, and never as a job parameter or an option."""
+    for name, job in bundle["jobs"].items():
+        for cluster in job["job_clusters"]:
+            variables = cluster["new_cluster"]["spark_env_vars"]
+            reference = resolve(variables[DEFAULT_KEY_VARIABLE], bundle, {})
+            assert SECRET_REFERENCE.fullmatch(reference), f"{name}: {reference}"
+            assert SECRET_REFERENCE.fullmatch(reference).groups() == ("valueadded", "pseudonym_key")
+        arguments = job_arguments(bundle, job)
+        assert parse_release(arguments).pseudonym_key_env == DEFAULT_KEY_VARIABLE, name
+        assert not any("secrets/" in str(p.get("default", "")) for p in job["parameters"]), name
 
 
 def test_bundle_installs_the_pinned_versions_of_its_libraries(bundle):
@@ -318,11 +334,13 @@ def test_dag_default_year_is_the_academic_year_before_the_run(dag_functions, mom
 # --- the spark-submit wrapper ----------------------------------------------------------
 
 FAKE_SPARK_SUBMIT = """#!/usr/bin/env bash
-# Records its arguments (NUL-separated) and two environment variables, then exits as told.
+# Records its arguments (NUL-separated) and three environment variables, then exits as told.
 printf '%s\\0' "$@" > "$FAKE_RECORD/arguments"
-printf '%s\\0' "${VALUEADDED_SPARK_MASTER:-}" "${PYSPARK_PYTHON:-}" > "$FAKE_RECORD/environment"
+printf '%s\\0' "${VALUEADDED_SPARK_MASTER:-}" "${PYSPARK_PYTHON:-}" "${VALUEADDED_PSEUDONYM_KEY:-}" > "$FAKE_RECORD/environment"
 exit "${FAKE_EXIT:-0}"
 """
+# Stands in for the secret a scheduler puts in the wrapper's environment.
+FAKE_PSEUDONYM_KEY = "fake-secret-from-the-secret-store"
 RELEASE_ARGUMENTS = ["--year", "2024", "--key-stage", "ks2", "--stage", "validated",
                      "--input", "/shared/value added/input/2024", "--output", "/shared/output"]
 
@@ -345,6 +363,7 @@ def fake_spark(tmp_path):
         "FAKE_RECORD": str(record),
         "VALUEADDED_BUILD_DIR": str(tmp_path / "build"),
         "PYSPARK_DRIVER_PYTHON": sys.executable,
+        DEFAULT_KEY_VARIABLE: FAKE_PSEUDONYM_KEY,
     })
 
     def run(arguments: list[str], exit_code: int = 0) -> subprocess.CompletedProcess:
@@ -374,7 +393,10 @@ def test_wrapper_passes_release_options_to_the_entry_point_unchanged(fake_spark)
     parse_release(arguments[script + 1:])
     spark_options = arguments[:script]
     assert spark_options[spark_options.index("--master") + 1] == "local[2]"
-    assert recorded(record, "environment") == ["local[2]", sys.executable]
+    # The key reaches spark-submit (and so the driver) in the environment, never as an argument.
+    assert recorded(record, "environment") == ["local[2]", sys.executable, FAKE_PSEUDONYM_KEY]
+    assert not any(FAKE_PSEUDONYM_KEY in argument for argument in arguments)
+    assert FAKE_PSEUDONYM_KEY not in result.stdout + result.stderr
     package = Path(spark_options[spark_options.index("--py-files") + 1])
     with zipfile.ZipFile(package) as archive:
         assert "valueadded/cli.py" in archive.namelist()
@@ -396,7 +418,7 @@ def test_wrapper_passes_spark_options_before_the_separator_to_spark_submit(fake_
     assert spark_options.count("--py-files") == 1
     assert spark_options[spark_options.index("--py-files") + 1].endswith(f"valueadded-lib.zip,{extra}")
     # On a cluster the executors' Python is the caller's choice, not this machine's.
-    assert recorded(record, "environment") == ["yarn", ""]
+    assert recorded(record, "environment") == ["yarn", "", FAKE_PSEUDONYM_KEY]
 
 
 @pytest.mark.parametrize("code", [cli.EXIT_OK, cli.EXIT_INTERNAL, cli.EXIT_BAD_INPUT, cli.EXIT_THRESHOLD])

@@ -31,6 +31,7 @@ from valueadded.pipeline import run_release
 from valueadded.synth.cohort import generate_cohort
 
 from support.inputs import add_ks4_pupil
+from support.pseudonyms import pseudonym_of
 
 YEAR = 2024
 PUBLISHED = "dfe-ks4-2024"
@@ -264,7 +265,7 @@ def generated(spark, tmp_path_factory):
     for mode, config in (("computed", load_release_config()), ("published", with_published_estimates(load_release_config(), PUBLISHED))):
         run_release(spark, config, root / "input", root / mode, YEAR, "ks4", "unvalidated")
         stores[mode] = TableStore(spark, root / mode)
-    return stores, worked_pupil
+    return stores, pseudonym_of(worked_pupil)  # the pupil's id in the outputs
 
 
 def _read(store, schema) -> pd.DataFrame:

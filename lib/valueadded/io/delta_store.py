@@ -16,6 +16,10 @@ Two backends write the same tables:
 
 The `deltalake` writer casts silently, so every write is checked first against the
 table's declared schema (`io/schemas.py`): names, order, types and non-null columns.
+
+Pupil identifiers never reach a table: the columns the schema marks as holding one are
+replaced by pseudonyms as the partition is written (`io/pseudonym.py`), with the store's
+pseudonym key; a store without a key refuses to write such a table.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from valueadded.io.pseudonym import PseudonymKey, pseudonymise
 from valueadded.io.schemas import PARTITION_NAMES, SPARK_TYPES, TableSchema
 from valueadded.spark import delta_spark_available
 
@@ -110,11 +115,16 @@ class StagedPartition:
 
 
 class TableStore:
-    """The Delta tables of one output location."""
+    """The Delta tables of one output location.
 
-    def __init__(self, spark: SparkSession, root: str | Path, backend: str = "auto"):
+    `pseudonym_key` is needed only to write a table with pupil identifiers; reading,
+    restoring and the run log need none.
+    """
+
+    def __init__(self, spark: SparkSession, root: str | Path, backend: str = "auto", pseudonym_key: PseudonymKey | None = None):
         self.spark = spark
         self.root = Path(root)
+        self.pseudonym_key = pseudonym_key
         if backend == "auto":
             backend = "delta-spark" if delta_spark_available(spark) else "delta-rs"
         if backend not in ("delta-rs", "delta-spark"):
@@ -131,7 +141,8 @@ class TableStore:
         except TableNotFoundError:
             return None
 
-    def _check_existing(self, schema: TableSchema) -> None:
+    def check_existing(self, schema: TableSchema) -> None:
+        """Raise SchemaMismatchError if the table exists with other columns or types than `schema`."""
         try:
             existing = pa.schema(DeltaTable(str(self.path(schema))).schema().to_arrow())
         except TableNotFoundError:
@@ -160,6 +171,8 @@ class TableStore:
         Args:
             frame: the partition's rows with every column of `schema`; the partition
                 columns may be absent, and are set here from the arguments either way.
+                Pupil identifiers are raw here: the columns `schema` marks are
+                pseudonymised as they are written.
             schema: the table's declaration.
 
         Readers see nothing of a staged partition until `commit`; a run that stops
@@ -170,6 +183,10 @@ class TableStore:
         unexpected = [name for name in frame.columns if name not in data_columns and name not in PARTITION_NAMES]
         if missing or unexpected:
             raise SchemaMismatchError(f"{schema.name}: columns differ from schema v{schema.version}: missing {missing}, unexpected {unexpected}")
+        if schema.pseudonymised:
+            if self.pseudonym_key is None:
+                raise ValueError(f"{schema.name} holds pupil identifiers ({', '.join(schema.pseudonymised)}): the store needs a pseudonym key to write it")
+            frame = pseudonymise(frame, schema, self.pseudonym_key)
         keyed = frame.select(
             F.lit(int(year)).cast("int").alias("academic_year"),
             F.lit(key_stage).alias("key_stage"),
@@ -177,7 +194,7 @@ class TableStore:
             *[F.col(name) for name in data_columns],
         )
         check_frame_schema(keyed, schema)
-        self._check_existing(schema)
+        self.check_existing(schema)
         partition = (int(year), key_stage, data_stage)
         partition_predicate(*partition)  # checks the values
         started = time.perf_counter()
@@ -269,7 +286,7 @@ class TableStore:
                 if self.version(schema) is None:
                     raise
                 # Another run (another partition) created the table first: add to it.
-                self._check_existing(schema)
+                self.check_existing(schema)
         DeltaTable(str(target)).create_write_transaction(
             actions,
             mode="overwrite",
@@ -303,9 +320,11 @@ class TableStore:
 
     def append(self, table: pa.Table, schema: TableSchema) -> int:
         """Append a few driver-side rows (the run log) to a table."""
+        if schema.pseudonymised:
+            raise ValueError(f"{schema.name} holds pupil identifiers: append writes only tables without them")
         if not _same_types(table.schema, schema.arrow_schema()):
             raise SchemaMismatchError(f"{schema.name}: rows do not match the declared schema: {table.schema}")
-        self._check_existing(schema)
+        self.check_existing(schema)
         table = table.cast(schema.arrow_schema())
         if self.backend == "delta-spark":
             frame = self.spark.createDataFrame(table.to_pandas(), schema=schema.spark_schema())

@@ -53,6 +53,7 @@ class RunRecord:
     key_stage: str
     data_stage: str
     config_json: str
+    pseudonym_key_fingerprint: str
     started_at: datetime = field(default_factory=utc_now)
     input_fingerprints: dict[str, str] = field(default_factory=dict)
     row_counts: dict = field(default_factory=dict)
@@ -68,6 +69,7 @@ class RunRecord:
             "command": self.command,
             "config_json": self.config_json,
             "input_fingerprints_json": json.dumps(self.input_fingerprints, sort_keys=True),
+            "pseudonym_key_fingerprint": self.pseudonym_key_fingerprint,
             "code_version": code_version(),
             "started_at": self.started_at,
             "finished_at": utc_now(),

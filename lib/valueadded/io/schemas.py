@@ -41,16 +41,26 @@ ARROW_TYPES = {
 
 @dataclass(frozen=True)
 class Column:
-    """One column: its name, type, whether it may be null, and what it means."""
+    """One column: its name, type, whether it may be null, and what it means.
+
+    Output columns that could carry a pupil identifier say so, and the write path
+    replaces the identifier with its pseudonym (valueadded.io.pseudonym):
+    `identifies_pupil` for a column holding one, `json_pupil_keys` for a JSON text
+    column holding one under those keys.
+    """
 
     name: str
     type: str
     nullable: bool = True
     description: str = ""
+    identifies_pupil: bool = False
+    json_pupil_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.type not in SPARK_TYPES:
             raise ValueError(f"column {self.name}: unknown type {self.type!r}")
+        if (self.identifies_pupil or self.json_pupil_keys) and self.type != "string":
+            raise ValueError(f"column {self.name}: only a string column can hold a pupil pseudonym")
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,11 @@ class TableSchema:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def pseudonymised(self) -> tuple[str, ...]:
+        """Names of the columns that hold a pupil identifier, whole or inside JSON text."""
+        return tuple(c.name for c in self.columns if c.identifies_pupil or c.json_pupil_keys)
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -227,6 +242,17 @@ RESULTS_TABLE = {"ks2": KS2_RESULTS, "ks4": KS4_RESULTS}
 
 # ----------------------------------------------------------------------------- outputs
 
+PSEUDONYM_RULE = (
+    "HMAC-SHA256 of the input pupil_id (UTF-8) keyed with the release's pseudonym key, first 32 hex digits; "
+    "the same pupil has the same pseudonym in every table, stage and year released with the same key"
+)
+
+
+def pupil_pseudonym_column(nullable: bool, description: str) -> Column:
+    """An output column holding a pupil's pseudonym (valueadded.io.pseudonym), never the input id."""
+    return Column("pupil_id", "string", nullable, f"{description} Pseudonymised: {PSEUDONYM_RULE}.", identifies_pupil=True)
+
+
 # Contextual value added columns of pupil_results, filled by the CVA stage (valueadded.cva.stage).
 CVA_PUPIL_COLUMNS = (
     Column("cva_model", "string", True, "CVA model the pupil is in (e.g. ks4_mainstream, special; conf/models/); null when not in a CVA model."),
@@ -243,14 +269,14 @@ CVA_PUPIL_COLUMNS = (
 PUPIL_RESULTS = TableSchema(
     name="pupil_results",
     grain="one row per pupil in the key stage cohort who passed row validation",
-    version=2,  # 2: CVA columns appended
+    version=3,  # 2: CVA columns appended; 3: pupil_id pseudonymised
     description="Restricted pupil-level table: every accepted pupil with inclusion flag and reason.",
     partition_by=PARTITION_NAMES,
     audience="restricted",
     key=("academic_year", "key_stage", "data_stage", "pupil_id"),
     columns=(
         *PARTITION_COLUMNS,
-        Column("pupil_id", "string", False, "Pupil identifier."),
+        pupil_pseudonym_column(False, "The pupil."),
         Column("school_id", "string", False, "School URN."),
         Column("trust_id", "string", True, "Trust the school belongs to at the end of the academic year, if any."),
         Column("la_code", "string", False, "Local authority code of the school."),
@@ -280,13 +306,14 @@ PUPIL_RESULTS = TableSchema(
 PUPIL_PROGRESS = TableSchema(
     name="pupil_progress",
     grain="one row per pupil per progress subject (KS2 reading, writing, maths; KS4 Progress 8 and its elements)",
+    version=2,  # 2: pupil_id pseudonymised
     description="Restricted: each pupil's progress in each subject, with the estimate it was measured against.",
     partition_by=PARTITION_NAMES,
     audience="restricted",
     key=("academic_year", "key_stage", "data_stage", "pupil_id", "subject"),
     columns=(
         *PARTITION_COLUMNS,
-        Column("pupil_id", "string", False, "Pupil identifier."),
+        pupil_pseudonym_column(False, "The pupil (joins pupil_results)."),
         Column("school_id", "string", False, "School URN."),
         Column("subject", "string", False, "Subject or Progress 8 element."),
         Column("prior_attainment_group", "int", True, "Prior attainment group."),
@@ -421,23 +448,29 @@ CVA_MODEL = TableSchema(
 REJECTED_ROWS = TableSchema(
     name="rejected_rows",
     grain="one row per input row set aside by validation",
+    version=2,  # 2: pupil_id pseudonymised, also inside row_json
     description="Input rows that broke a row rule, with the first rule broken and all rules broken.",
     partition_by=PARTITION_NAMES,
     audience="restricted",
     columns=(
         *PARTITION_COLUMNS,
         Column("source_table", "string", False, "Input table the row came from."),
-        Column("pupil_id", "string", True, "Pupil identifier, where the table has one."),
+        pupil_pseudonym_column(True, "The row's pupil, where the table has one (null when the table has none or the row's pupil_id is null)."),
         Column("school_id", "string", True, "School, where the table has one."),
         Column("reason_code", "string", False, "First rule the row broke (see docs/validation.md)."),
         Column("all_reasons", "string", False, "Every rule the row broke, comma-separated."),
-        Column("row_json", "string", False, "The row as it was read, as JSON."),
+        Column(
+            "row_json", "string", False,
+            f"The row as it was read, as JSON, except that the value of its pupil_id is the pupil's pseudonym ({PSEUDONYM_RULE}).",
+            json_pupil_keys=("pupil_id",),
+        ),
     ),
 )
 
 RUNS = TableSchema(
     name="runs",
     grain="one row per release run (appended, never replaced)",
+    version=2,  # 2: pseudonym_key_fingerprint
     description="Run log: provenance, reconciliation and timings of every run, successful or not.",
     partition_by=PARTITION_NAMES,
     audience="restricted",
@@ -447,6 +480,11 @@ RUNS = TableSchema(
         Column("command", "string", False, "The command line that started the run."),
         Column("config_json", "string", False, "The resolved configuration, as JSON."),
         Column("input_fingerprints_json", "string", False, "SHA-256 of every input file, as JSON."),
+        Column(
+            "pseudonym_key_fingerprint", "string", False,
+            "Identifies the key the pupil pseudonyms were computed with: HMAC-SHA256(key, a fixed label), first 16 hex "
+            "digits. Runs with the same fingerprint used the same key; the key itself is never recorded.",
+        ),
         Column("code_version", "string", False, "Package version and git commit."),
         Column("started_at", "timestamp", False, "Start time (UTC)."),
         Column("finished_at", "timestamp", False, "End time (UTC)."),
@@ -744,12 +782,13 @@ PUPIL_MEASURES = TableSchema(
         "with that school_id, disadvantaged = yes and progress_8 not null; a trust's figure weights them by "
         "trust_weight. pupil_id joins pupil_results. Subgroup columns are derived from pupil_results as each describes."
     ),
+    version=2,  # 2: pupil_id pseudonymised
     partition_by=PARTITION_NAMES,
     audience="restricted",
     key=("academic_year", "key_stage", "data_stage", "pupil_id"),
     columns=(
         *PARTITION_COLUMNS,
-        Column("pupil_id", "string", False, "Pupil identifier (joins pupil_results)."),
+        pupil_pseudonym_column(False, "The pupil (joins pupil_results)."),
         Column("school_id", "string", False, "School URN."),
         Column("trust_id", "string", True, "Trust of the school on 31 August, if any."),
         Column("trust_weight", "double", True, "The school's time-in-trust weight when it counts towards the trust's figures; null otherwise."),

@@ -3,8 +3,9 @@
 The run log (`restricted/runs`) records, for each run, the Delta version of every table
 it wrote. `export_run` reads each of those tables at that version, keeps the run's own
 partition (academic year, key stage, data stage) and writes it as one Parquet file per
-table, with a manifest. Later runs, re-runs and roll-backs do not change what it
-returns: Delta keeps every version (the engine never vacuums).
+table, with a manifest (including the fingerprint of the pupil pseudonym key, so that a
+reproduction can be checked to use the same key). Later runs, re-runs and roll-backs do
+not change what it returns: Delta keeps every version (the engine never vacuums).
 
     valueadded snapshot --output OUTPUT --run RUN_ID --to DIR
 """
@@ -63,6 +64,7 @@ def export_run(output_dir: Path, run_id: str, destination: Path) -> dict[str, in
     manifest = {
         "run_id": run_id, "partition": list(partition), "table_versions": versions, "rows": rows,
         "code_version": row["code_version"], "input_fingerprints": json.loads(row["input_fingerprints_json"]),
+        "pseudonym_key_fingerprint": row["pseudonym_key_fingerprint"],
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (destination / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
