@@ -10,7 +10,7 @@ tables. Delta commits one table at a time, so publishing them together takes thr
    each table's version before this run. If a commit fails, the tables already
    committed are put back (their partition only) and the journal is removed. If the
    process is killed part-way through the commits, the journal stays; the next run for
-   the same partition (or `valueadded recover`) finds it and puts every table back
+   the same partition finds it (recover_partition, at its start) and puts every table back
    before doing anything else.
 3. **A lock per partition.** `<output>/_locks/<partition>.lock` is created exclusively
    when a run starts and removed when it ends; a second run for the same partition fails
