@@ -133,8 +133,6 @@ def build_report(data: ReleaseData, generated_at: datetime | None = None) -> str
             coefficients, {"term_mean": 4, "estimate": 4, "std_error": 4, "lower": 4, "upper": 4}
         )
     accounts = reconciliation(run.row_counts)
-    national = data.national.copy()
-    trust_bands = band_counts(data.trusts, headline)
     context = {
         "run": run,
         "title": f"{run.year} {key_stage.upper()} {run.data_stage} release",
@@ -143,11 +141,11 @@ def build_report(data: ReleaseData, generated_at: datetime | None = None) -> str
         "headline": _headline(data),
         "charts": {chart.key: chart for chart in figures},
         "svg": {chart.key: Markup(chart.svg) for chart in figures},
-        "national": table(national, {"score": 3, "lower": 3, "upper": 3}),
+        "national": table(data.national, {"score": 3, "lower": 3, "upper": 3}),
         "estimates": table(estimates_table(data.national_estimates, key_stage), {"estimate": 3, "outcome_sd": 3, "progress_sd": 3, "cap": 3}),
         "progress": table(progress_table(data.progress, key_stage), {"mean": 3, "sd": 3, "p1": 2, "p10": 2, "p50": 2, "p90": 2, "p99": 2}),
         "school_bands": table(band_counts(data.schools, headline)),
-        "trust_bands": table(trust_bands),
+        "trust_bands": table(band_counts(data.trusts, headline)),
         "quadrants": table(quadrant_counts(data.schools)),
         "models": models,
         "inputs": table(accounts["inputs"]),
