@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from support.cva_model import cva_model_rows
 from valueadded.report.html import format_value
 from valueadded.report.summaries import (
     band_counts,
@@ -104,19 +105,10 @@ def test_progress_distribution_counts_every_scored_pupil_once():
     assert (maths.edges[0], maths.edges[-1]) == (-3.0, 1.0)
 
 
-def _model_rows(model, terms, estimates, errors, s2u=2.0, s2e=18.0):
-    return pd.DataFrame({
-        "model": model, "population": "mainstream", "spec_file": f"models/{model}.yaml", "status": "fitted", "message": None,
-        "term": terms, "term_stage": "prior_attainment", "term_mean": 1.0, "estimate": estimates, "std_error": errors,
-        "sigma2_school": s2u, "sigma2_pupil": s2e, "reml_criterion": 1234.5, "n_pupils": 1000, "n_schools": 40,
-        "boundary": False, "converged": True, "gather_seconds": 0.5, "fit_seconds": 0.01,
-    })
-
-
 def test_cva_models_give_intervals_and_the_school_share_of_variance():
-    not_fitted = {**_model_rows("special", ["x"], [0.0], [0.0]).iloc[0].to_dict(), "status": "not_fitted",
+    not_fitted = {**cva_model_rows("special", ["x"], [0.0], [0.0]).iloc[0].to_dict(), "status": "not_fitted",
                   "term": None, "estimate": None, "std_error": None, "message": "TooFewGroupsError: 3 schools"}
-    rows = pd.DataFrame.from_records([*_model_rows("main", ["intercept", "prior_aps"], [10.0, 2.0], [1.0, 0.5]).to_dict("records"), not_fitted])
+    rows = pd.DataFrame.from_records([*cva_model_rows("main", ["intercept", "prior_aps"], [10.0, 2.0], [1.0, 0.5]).to_dict("records"), not_fitted])
     main, special = cva_models(rows)
     assert main["icc"] == pytest.approx(0.1)
     coefficients = main["coefficients"].set_index("term")
