@@ -27,7 +27,7 @@ from valueadded.report.data import RunInfo
 
 
 @dataclass(frozen=True)
-class Release:
+class RunTables:
     """One run of a release, for reading: its run log row and its output folder."""
 
     output_dir: Path
@@ -53,12 +53,12 @@ class Release:
         )
 
 
-def open_release(output_dir: str | Path, year: int, key_stage: str, data_stage: str, run_id: str | None = None) -> Release:
+def open_release(output_dir: str | Path, year: int, key_stage: str, data_stage: str, run_id: str | None = None) -> RunTables:
     """The partition's last succeeded run (or `run_id`) in the release output `output_dir`."""
-    return Release(Path(output_dir), find_run(Path(output_dir), year, key_stage, data_stage, run_id))
+    return RunTables(Path(output_dir), find_run(Path(output_dir), year, key_stage, data_stage, run_id))
 
 
-def trust_schools(release: Release, trust_id: str, measure: str) -> pd.DataFrame:
+def trust_schools(release: RunTables, trust_id: str, measure: str) -> pd.DataFrame:
     """The trust's schools' published figures for `measure`, counted schools first, by rank."""
     schools = release.table(
         "school_measures",
@@ -70,7 +70,7 @@ def trust_schools(release: Release, trust_id: str, measure: str) -> pd.DataFrame
 
 
 def pupils_behind(
-    release: Release,
+    release: RunTables,
     measure: str,
     *,
     school_id: str | None = None,
