@@ -8,6 +8,7 @@ setup(
     description="National school value-added release engine on PySpark and Delta Lake",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
+    package_data={"valueadded.report": ["templates/*.html"]},
     python_requires=">=3.11",
     # Ranges here; exact pins for reproducible installs are in requirements.txt.
     install_requires=[
@@ -20,6 +21,8 @@ setup(
         "scipy>=1.15,<1.16",
         "threadpoolctl>=3.5,<4",
         "PyYAML>=6.0,<7",
+        "matplotlib>=3.11,<3.12",
+        "Jinja2>=3.1,<4",
     ],
     entry_points={"console_scripts": ["valueadded=valueadded.cli:main"]},
 )

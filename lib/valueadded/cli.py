@@ -1,4 +1,4 @@
-"""The one command line: `valueadded generate | release | docs | bench`.
+"""The one command line: `valueadded generate | release | report | snapshot | docs | bench`.
 
 Exit codes: 0 success; 1 internal error (a defect: please report it); 2 bad input or
 configuration (a missing file or column, a wrong type, an unreadable CSV, a bad config
@@ -85,9 +85,11 @@ def cmd_release(args: argparse.Namespace) -> int:
     output_dir = Path(args.output)
     spark = get_spark(shuffle_partitions=config.shuffle_partitions)
     command = " ".join(shlex.quote(a) for a in sys.argv)
+    runs = []
     for key_stage in _expand(args.key_stage, KEY_STAGES):
         for data_stage in _expand(args.stage, DATA_STAGES):
             record = run_release(spark, config, input_dir, output_dir, args.year, key_stage, data_stage, command, pseudonym_key)
+            runs.append(record)
             pupils = record.row_counts["pupil_results"]
             print(
                 f"{args.year} {key_stage} {data_stage}: {pupils['included']} pupils included, {pupils['excluded']} excluded, "
@@ -95,6 +97,21 @@ def cmd_release(args: argparse.Namespace) -> int:
                 f"(run {record.run_id}, {sum(record.stage_timings.values()):.1f} s)"
             )
     print(f"Results: Delta tables under {output_dir.resolve()} (published/ for dashboards, restricted/ for pupil-level and run log)")
+    if args.report:
+        from valueadded.report import write_report
+
+        for record in runs:
+            path = write_report(output_dir, record.year, record.key_stage, record.data_stage, run_id=record.run_id)
+            print(f"Report: {path.resolve()}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from valueadded.report import write_report
+
+    started = time.perf_counter()
+    path = write_report(Path(args.output), args.year, args.key_stage, args.stage, to=args.to and Path(args.to), run_id=args.run)
+    print(f"Report: {path.resolve()} ({time.perf_counter() - started:.1f} s); open it in any browser, it needs no network")
     return EXIT_OK
 
 
@@ -155,7 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--pseudonym-key-env", metavar="NAME", default=DEFAULT_KEY_VARIABLE,
         help=f"environment variable holding the pupil pseudonym key (default {DEFAULT_KEY_VARIABLE}; at least {MIN_KEY_BYTES} bytes)",
     )
+    release.add_argument(
+        "--report", action="store_true",
+        help="at the end, write each run's HTML report to OUTPUT/reports/report-<year>-<key stage>-<stage>.html",
+    )
     release.set_defaults(handler=cmd_release)
+
+    report = sub.add_parser("report", help="write the self-contained HTML report of a release (from its Delta tables)")
+    report.add_argument("--output", default=str(DEFAULT_OUTPUT_DIR), help="the release's output root (its Delta tables)")
+    report.add_argument("--year", type=int, default=DEFAULT_YEAR)
+    report.add_argument("--key-stage", choices=("ks2", "ks4"), required=True)
+    report.add_argument("--stage", choices=("unvalidated", "validated"), required=True, help="data stage")
+    report.add_argument("--run", help="run id to report on (default: the partition's last succeeded run)")
+    report.add_argument("--to", help="HTML file to write (default OUTPUT/reports/report-<year>-<key stage>-<stage>.html)")
+    report.set_defaults(handler=cmd_report)
 
     snapshot = sub.add_parser("snapshot", help="write every table of an earlier run exactly as it published them (from the run log)")
     snapshot.add_argument("--output", default=str(DEFAULT_OUTPUT_DIR), help="the release's output root (holding restricted/runs)")

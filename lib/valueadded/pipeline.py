@@ -96,6 +96,20 @@ def stage_pupil_table(release: Release) -> None:
     release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
 
 
+def pupil_table(
+    spark: SparkSession, config: ReleaseConfig, input_dir: Path, year: int, key_stage: str, data_stage: str
+) -> DataFrame:
+    """The pupil table a release of these inputs builds, before the measures: intake (row
+    rules) and the pupils with `included` and `exclusion_reason` (what the CVA models are
+    fitted to). Writes nothing; for notebooks trying a model variant on a release's inputs."""
+    record = RunRecord(run_id="pupil-table", command="", year=year, key_stage=key_stage, data_stage=data_stage,
+                       config_json=config.to_json())
+    release = Release(spark, config, Path(input_dir), Path("."), year, key_stage, data_stage, record)
+    stage_intake(release)
+    stage_pupil_table(release)
+    return release.frames["pupils"]
+
+
 def stage_reconcile(release: Release) -> None:
     """Check rows in = included + excluded + rejected for pupils and results rows."""
     counts = release.record.row_counts["inputs"]

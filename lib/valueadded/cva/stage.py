@@ -124,6 +124,35 @@ def cva_exclusion_reason() -> Column:
     )
 
 
+def scored_population(pupils: DataFrame, spec: ModelSpec) -> DataFrame:
+    """The model's population (``in_population``) with prior attainment, outcome and
+    ``cva_exclusion_reason`` (null for the pupils in the model)."""
+    return with_prior_and_outcome(pupils.where(in_population(spec)), spec).withColumn(
+        "cva_exclusion_reason", cva_exclusion_reason()
+    )
+
+
+def model_design(scored: DataFrame, spec: ModelSpec) -> DataFrame:
+    """One row per pupil in the model with a ``cva_x_<term>`` column per term, from
+    :func:`scored_population`; the school-level terms describe exactly these pupils."""
+    return with_design(scored.where(F.col("cva_exclusion_reason").isNull()), spec, GROUP)
+
+
+def fit_model_spec(pupils: DataFrame, spec: ModelSpec, empty_terms: str = "stop") -> ModelOutcome:
+    """Fit a model specification to a pupil table as the release does (to try a variant).
+
+    Args:
+        pupils: the pupil table of a release (``valueadded.pipeline.pupil_table``): one row
+            per pupil with the input columns the specification reads and ``included``.
+        spec: e.g. ``load_model_spec("my_variant.yaml")``.
+        empty_terms: ``stop`` or ``drop`` (the release's ``cva_empty_terms``).
+
+    Returns:
+        The ModelOutcome; ``.fit`` is the RandomInterceptFit (None when not fitted).
+    """
+    return fit_model(model_design(scored_population(pupils, spec), spec), spec, empty_terms)
+
+
 def fit_model(design: DataFrame, spec: ModelSpec, empty_terms: str = "stop") -> ModelOutcome:
     """Gather and fit one model on its design frame (one row per pupil in the model).
 
@@ -206,11 +235,8 @@ def stage_cva(release) -> None:
     outcomes: list[ModelOutcome] = []
     designs: list[DataFrame] = []
     for spec in specs:
-        scored = with_prior_and_outcome(base.where(in_population(spec)), spec).withColumn(
-            "cva_exclusion_reason", cva_exclusion_reason()
-        )
-        design = with_design(scored.where(F.col("cva_exclusion_reason").isNull()), spec, GROUP)
-        design = design.persist(StorageLevel.MEMORY_AND_DISK)
+        scored = scored_population(base, spec)
+        design = model_design(scored, spec).persist(StorageLevel.MEMORY_AND_DISK)
         designs.append(design)
         release.frames[f"cva_design_{spec.name}"] = design  # freed by the run, even if a fit stops it
         outcome = fit_model(design, spec, release.config.cva_empty_terms)

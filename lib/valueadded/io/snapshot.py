@@ -16,29 +16,75 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from valueadded.config import ConfigError
-from valueadded.io.schemas import OUTPUT_TABLES, RUNS
+from valueadded.io.schemas import OUTPUT_TABLES, PARTITION_NAMES, RUNS, TableSchema
 
 
 class RunNotFoundError(ConfigError):
     """The run is not in the run log, or did not publish anything."""
 
 
-def run_row(output_dir: Path, run_id: str) -> dict:
-    """The run log row of `run_id`."""
+def _runs(output_dir: Path) -> list[dict]:
     path = Path(output_dir) / RUNS.audience / RUNS.name
     try:
-        runs = DeltaTable(str(path)).to_pyarrow_table(columns=[c.name for c in RUNS.columns]).to_pylist()
+        return DeltaTable(str(path)).to_pyarrow_table(columns=[c.name for c in RUNS.columns]).to_pylist()
     except TableNotFoundError:
         raise RunNotFoundError(f"{path}: no run log here (is --output the release's output folder?)") from None
-    matches = [row for row in runs if row["run_id"] == run_id]
+
+
+def run_row(output_dir: Path, run_id: str) -> dict:
+    """The run log row of `run_id`."""
+    matches = [row for row in _runs(output_dir) if row["run_id"] == run_id]
     if not matches:
-        raise RunNotFoundError(f"{path}: no run {run_id!r}")
+        raise RunNotFoundError(f"{Path(output_dir) / RUNS.audience / RUNS.name}: no run {run_id!r}")
     return matches[0]
+
+
+def latest_run(output_dir: Path, year: int, key_stage: str, data_stage: str) -> dict:
+    """The run log row of the partition's last succeeded run: the one whose tables are current."""
+    partition = (int(year), key_stage, data_stage)
+    succeeded = [
+        row for row in _runs(output_dir)
+        if (row["academic_year"], row["key_stage"], row["data_stage"]) == partition and row["status"] == "succeeded"
+    ]
+    if not succeeded:
+        raise RunNotFoundError(f"{output_dir}: no succeeded run of {year} {key_stage} {data_stage} in the run log")
+    return max(succeeded, key=lambda row: row["finished_at"])
+
+
+def find_run(output_dir: Path, year: int, key_stage: str, data_stage: str, run_id: str | None = None) -> dict:
+    """The run log row of `run_id`, checked to be of the partition, or the partition's last succeeded run."""
+    if run_id is None:
+        return latest_run(output_dir, year, key_stage, data_stage)
+    row = run_row(output_dir, run_id)
+    found = (row["academic_year"], row["key_stage"], row["data_stage"])
+    if found != (int(year), key_stage, data_stage):
+        raise RunNotFoundError(f"run {run_id} released {found}, not {(int(year), key_stage, data_stage)}")
+    return row
+
+
+def read_run_table(output_dir: Path, row: dict, schema: TableSchema, columns: list[str] | None = None) -> pa.Table:
+    """A run's partition of one table, as the run published it (the Delta version it wrote).
+
+    Args:
+        row: the run's row of the run log (`run_row`, `latest_run`).
+        columns: the columns to read (default: all, in schema order).
+    """
+    if row["status"] != "succeeded":
+        raise RunNotFoundError(f"run {row['run_id']} {row['status']}: it published nothing ({row['error']})")
+    version = json.loads(row["table_versions_json"]).get(schema.name)
+    if version is None:
+        raise RunNotFoundError(f"run {row['run_id']} wrote no {schema.name} table")
+    partition = (row["academic_year"], row["key_stage"], row["data_stage"])
+    filters = [(name, "=", str(value)) for name, value in zip(PARTITION_NAMES, partition)]
+    path = Path(output_dir) / schema.audience / schema.name
+    wanted = list(columns or schema.names)
+    return DeltaTable(str(path), version=version).to_pyarrow_table(partitions=filters, columns=wanted).select(wanted)
 
 
 def export_run(output_dir: Path, run_id: str, destination: Path) -> dict[str, int]:
@@ -51,15 +97,13 @@ def export_run(output_dir: Path, run_id: str, destination: Path) -> dict[str, in
     if row["status"] != "succeeded":
         raise RunNotFoundError(f"run {run_id} {row['status']}: it published nothing ({row['error']})")
     partition = (row["academic_year"], row["key_stage"], row["data_stage"])
-    filters = [(name, "=", str(value)) for name, value in zip(("academic_year", "key_stage", "data_stage"), partition)]
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     rows = {}
     versions = json.loads(row["table_versions_json"])
-    for name, version in sorted(versions.items()):
-        schema = OUTPUT_TABLES[name]
-        table = DeltaTable(str(Path(output_dir) / schema.audience / name), version=version).to_pyarrow_table(partitions=filters)
-        pq.write_table(table.select(schema.names), destination / f"{name}.parquet")
+    for name in sorted(versions):
+        table = read_run_table(output_dir, row, OUTPUT_TABLES[name])
+        pq.write_table(table, destination / f"{name}.parquet")
         rows[name] = table.num_rows
     manifest = {
         "run_id": run_id, "partition": list(partition), "table_versions": versions, "rows": rows,
