@@ -62,7 +62,9 @@ class Release:
     key_stage: str
     data_stage: str
     record: RunRecord
-    pseudonym_key: PseudonymKey
+    # None only where nothing is written (pupil_table): a store without a key refuses to
+    # write a table that holds pupil ids.
+    pseudonym_key: PseudonymKey | None = None
     intake: Intake | None = None
     frames: dict[str, DataFrame] = field(default_factory=dict)
     outputs: dict[str, tuple[TableSchema, DataFrame]] = field(default_factory=dict)
@@ -103,7 +105,7 @@ def pupil_table(
     rules) and the pupils with `included` and `exclusion_reason` (what the CVA models are
     fitted to). Writes nothing; for notebooks trying a model variant on a release's inputs."""
     record = RunRecord(run_id="pupil-table", command="", year=year, key_stage=key_stage, data_stage=data_stage,
-                       config_json=config.to_json())
+                       config_json=config.to_json(), pseudonym_key_fingerprint="none: writes nothing")
     release = Release(spark, config, Path(input_dir), Path("."), year, key_stage, data_stage, record)
     stage_intake(release)
     stage_pupil_table(release)

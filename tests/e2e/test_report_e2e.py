@@ -120,10 +120,11 @@ def test_release_report_option_writes_each_runs_report(generated_release, tmp_pa
     records = {}
     for stage in ("unvalidated", "validated"):
         row = find_run(output, YEAR, "ks2", stage)
-        record = RunRecord(run_id=row["run_id"], command="", year=YEAR, key_stage="ks2", data_stage=stage, config_json="{}")
+        record = RunRecord(run_id=row["run_id"], command="", year=YEAR, key_stage="ks2", data_stage=stage, config_json="{}",
+                           pseudonym_key_fingerprint=row["pseudonym_key_fingerprint"])
         record.row_counts = {"pupil_results": {"included": 1, "excluded": 0}, "inputs": {}}
         records[stage] = record
-    monkeypatch.setattr("valueadded.pipeline.run_release", lambda spark, config, i, o, year, ks, stage, command: records[stage])
+    monkeypatch.setattr("valueadded.pipeline.run_release", lambda spark, config, i, o, year, ks, stage, command, key: records[stage])
     code = main(["release", "--input", str(generated_release.input_dir), "--output", str(output), "--year", str(YEAR),
                  "--key-stage", "ks2", "--stage", "both", "--report"])
     assert code == 0
