@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -35,6 +34,7 @@ from valueadded.io.schemas import OUTPUT_TABLES, PUPIL_RESULTS, REJECTED_ROWS, R
 from valueadded.measures import ks2, ks4
 from valueadded.measures.cohort import build_pupil_table
 from valueadded.rollup.stage import stage_rollup
+from valueadded.spark import free, materialise
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def stage_pupil_table(release: Release) -> None:
     pupils = build_pupil_table(
         intake.pupils, intake.schools, intake.trust_membership, intake.amendments,
         release.year, release.key_stage, release.data_stage,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    pupils = materialise(pupils)
     release.frames["pupils"] = pupils
     release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
 
@@ -282,7 +283,7 @@ def run_release(
             log.exception("could not append the run to the runs table")
         lock.release()
         for frame in release.frames.values():
-            frame.unpersist()
+            free(frame)
         if release.intake is not None:
             release.intake.release()
     log.info(json.dumps({"run_id": record.run_id, "status": status, "row_counts": record.row_counts}))

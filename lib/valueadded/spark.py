@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +61,31 @@ def delta_spark_available(spark: SparkSession) -> bool:
     except Exception:  # py4j raises its own error type for a missing class
         return False
     return True
+
+
+def materialise(frame: DataFrame) -> DataFrame:
+    """The frame computed now, its rows held by the executors and its plan cut to one node.
+
+    A release computes each of its big frames (the accepted inputs, the pupil table, the
+    long progress frame, the CVA-enriched pupils, the roll-up's pupil values and cells)
+    once and reads it several times. This is a local checkpoint, not `persist()`: Spark's
+    columnar cache encodes and compresses every column as it stores the rows, which
+    measured 3.0-4.6 s for the national KS2 pupil table (660,775 rows, 52 columns)
+    against 0.8 s for a local checkpoint, and each later pass reads either in 0.1-0.4 s.
+    The cut plan also keeps the analysis of every later step small: the pupil table's
+    full plan is thousands of lines, and Spark would analyse it again for each step.
+
+    The rows stay in the executors' block stores (memory, spilling to disk) until
+    `free(frame)`. Unlike a cached frame they cannot be recomputed: on a cluster, losing
+    an executor fails the run, which then leaves every table as it was (nothing is
+    published before the write stage's commit).
+    """
+    return frame.localCheckpoint(eager=True)
+
+
+def free(frame: DataFrame) -> None:
+    """Release what `persist()` or `materialise()` holds for the frame (nothing else)."""
+    frame.unpersist()
+    plan = frame._jdf.queryExecution().analyzed()  # noqa: SLF001
+    if plan.getClass().getSimpleName() == "LogicalRDD":
+        plan.rdd().unpersist(False)

@@ -23,7 +23,7 @@ for KS2, 1000 for KS4). Without any range adjustment in the school, the mean pup
 the mean REML residual and the score is the BLUP of the school's random intercept.
 
 The arithmetic is plain pandas/numpy (:func:`term_contributions`, :func:`stage_components`),
-tested on its own; :func:`predict` runs it in Spark as a vectorised pandas UDF.
+tested on its own; :func:`predict` is the same arithmetic as Spark column expressions.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from valueadded.cva.design import OUTCOME, design_column
 from valueadded.cva.spec import STAGES
@@ -111,6 +110,14 @@ def stage_components(
     return pd.DataFrame(out, index=design.index)
 
 
+def _weighted_sum(terms: list[tuple[str, float]], constant: float) -> Column:
+    """constant + sum of column x coefficient, added left to right (0.0 with no terms)."""
+    total = F.lit(constant)
+    for term, coefficient in terms:
+        total = total + F.col(design_column(term)) * F.lit(coefficient)
+    return total
+
+
 def predict(
     frame: DataFrame,
     coefficients: Mapping[str, float],
@@ -122,25 +129,37 @@ def predict(
     Adds ``cva_prior_attainment``, ``cva_characteristics``, ``cva_school_level``,
     ``cva_range_adjustment``, ``cva_prediction`` and ``cva_residual`` = ``cva_outcome`` -
     ``cva_prediction``; one row per pupil, nothing dropped.
+
+    The same arithmetic as :func:`stage_components`, as Spark column expressions: a
+    prediction is a few dozen multiply-adds per pupil, which Spark's generated code does
+    in place, where a pandas UDF would ship every design column to Python and back.
     """
+    unknown = sorted({s for s in stage_of.values() if s not in STAGES})
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected {list(STAGES)}")
     coefficients = {t: float(v) for t, v in coefficients.items()}
-    stage_of = dict(stage_of)
     terms = [t for t in coefficients if t != "intercept"]
-    columns = [design_column(t) for t in terms]
-    valid_range = (float(valid_range[0]), float(valid_range[1]))
-    result_type = T.StructType([T.StructField(name, T.DoubleType()) for name in COMPONENT_COLUMNS])
-
-    @F.pandas_udf(result_type)
-    def cva_stages(design: pd.DataFrame) -> pd.DataFrame:
-        design = design.iloc[:, : len(terms)]
-        design.columns = terms
-        return stage_components(design, coefficients, stage_of, valid_range)
-
-    struct = F.struct(*[F.col(c) for c in columns]) if columns else F.struct(F.lit(0.0).alias("_none"))
-    staged = frame.withColumn("_cva_stages", cva_stages(struct))
-    return staged.withColumns(
-        {column: F.col(f"_cva_stages.{part}") for part, column in COMPONENT_COLUMNS.items()}
-    ).withColumn(RESIDUAL, F.col(OUTCOME) - F.col(COMPONENT_COLUMNS["prediction"])).drop("_cva_stages")
+    missing = [design_column(t) for t in terms if design_column(t) not in frame.columns]
+    if missing:
+        raise KeyError(f"design has no column(s) {missing}")
+    low, high = float(valid_range[0]), float(valid_range[1])
+    intercept_stage = stage_of.get("intercept", "prior_attainment")
+    parts = {
+        stage: _weighted_sum(
+            [(t, coefficients[t]) for t in terms if stage_of[t] == stage],
+            coefficients.get("intercept", 0.0) if stage == intercept_stage else 0.0,
+        )
+        for stage in ("prior_attainment", "characteristics", "school_level")
+    }
+    staged = frame.withColumns({COMPONENT_COLUMNS[stage]: part for stage, part in parts.items()})
+    unadjusted = F.col(COMPONENT_COLUMNS["prior_attainment"]) + F.col(COMPONENT_COLUMNS["characteristics"])
+    unadjusted = unadjusted + F.col(COMPONENT_COLUMNS["school_level"])
+    prediction = F.least(F.greatest(unadjusted, F.lit(low)), F.lit(high))
+    staged = staged.withColumns({
+        COMPONENT_COLUMNS["range_adjustment"]: prediction - unadjusted,
+        COMPONENT_COLUMNS["prediction"]: prediction,
+    })
+    return staged.withColumn(RESIDUAL, F.col(OUTCOME) - F.col(COMPONENT_COLUMNS["prediction"]))
 
 
 def shrunken_school_scores(

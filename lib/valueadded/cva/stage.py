@@ -37,7 +37,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -49,6 +48,7 @@ from valueadded.cva.fit import NoRowsError, RandomInterceptFit, fit_statistics, 
 from valueadded.cva.reml import RemlError, SingularDesignError, TooFewGroupsError
 from valueadded.cva.spec import ModelSpec, load_model_spec
 from valueadded.io.schemas import CVA_MODEL, CVA_PUPIL_COLUMNS, PARTITION_NAMES, PUPIL_RESULTS, SCHOOL_MEASURES, SPARK_TYPES
+from valueadded.spark import materialise
 
 log = logging.getLogger(__name__)
 
@@ -233,12 +233,11 @@ def stage_cva(release) -> None:
     parts: list[DataFrame] = []
     school_rows: list[DataFrame] = []
     outcomes: list[ModelOutcome] = []
-    designs: list[DataFrame] = []
     for spec in specs:
         scored = scored_population(base, spec)
-        design = model_design(scored, spec).persist(StorageLevel.MEMORY_AND_DISK)
-        designs.append(design)
-        release.frames[f"cva_design_{spec.name}"] = design  # freed by the run, even if a fit stops it
+        # Not cached: the gather reads it once, and the predictions, computed from it again
+        # as column expressions, go into the cached `enriched` below.
+        design = model_design(scored, spec)
         outcome = fit_model(design, spec, release.config.cva_empty_terms)
         outcomes.append(outcome)
         log.info("CVA model %s: %s, %d pupils in %d schools", spec.name, outcome.status, outcome.n_pupils, outcome.n_schools)
@@ -266,10 +265,8 @@ def stage_cva(release) -> None:
     enriched = parts[0].select(*columns)
     for part in parts[1:]:
         enriched = enriched.unionByName(part.select(*columns))
-    enriched = enriched.persist(StorageLevel.MEMORY_AND_DISK)
-    _check_rows(release, pupils, enriched, outcomes)  # materialises `enriched`: the designs are done with
-    for design in designs:
-        design.unpersist()
+    enriched = materialise(enriched)
+    _check_rows(release, pupils, enriched, outcomes)  # materialises `enriched`
 
     # School scores from the cached enriched frame, so the predictions are computed once.
     for outcome in outcomes:

@@ -17,11 +17,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from valueadded.config import CodeLists
+from valueadded.spark import free, materialise
 from valueadded.io import validate as rules
 from valueadded.io.inputs import PARSE_ERRORS, RAW, InputFile, fingerprint, locate, read_table, row_json
 from valueadded.io.schemas import (
@@ -55,12 +55,12 @@ class Intake:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     files: dict[str, InputFile] = field(default_factory=dict)
-    cached: list[DataFrame] = field(default_factory=list)  # persisted frames, freed by release()
+    cached: list[DataFrame] = field(default_factory=list)  # materialised frames, freed by release()
 
     def release(self) -> None:
-        """Free the cached frames (a later run with the same plan must not reuse them)."""
+        """Free the materialised frames."""
         for frame in self.cached:
-            frame.unpersist()
+            free(frame)
 
 
 def _split(frame: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -199,7 +199,7 @@ def run_intake(
 
     # Schools first: every other table refers to them.
     schools = rules.apply_rules(_with_key_count(raw["schools"], SCHOOLS.key), rules.school_rules(codes, SCHOOLS))
-    schools = schools.persist(StorageLevel.MEMORY_AND_DISK)
+    schools = materialise(schools)
     schools_ok, schools_bad = _split(schools)
     rejected_parts.append(_rejected_rows(schools_bad, "schools", False, True))
     school_ids = schools_ok.select("school_id")
@@ -228,7 +228,7 @@ def run_intake(
     else:
         results = results.withColumn(AMENDED, F.lit(False))
 
-    # Row-local rules first, on each table separately (cached: used three times below).
+    # Row-local rules first, on each table separately.
     pupils = rules.apply_rules(_with_known(pupils_raw, "school_id", school_ids), rules.pupil_rules(codes, PUPILS, year, key_stage, local_only=True))
     results = rules.apply_rules(results, rules.results_rules(codes, key_stage, local_only=True))
     cached = []
@@ -237,7 +237,7 @@ def run_intake(
     # pairing rules need. Only ids that are not exactly one clean row on each side can
     # break those rules; they are few, so they are broadcast to both tables instead of
     # shuffling the wide rows.
-    problems = _pairing_problems(pupils, results).persist(StorageLevel.MEMORY_AND_DISK)
+    problems = materialise(_pairing_problems(pupils, results))
     pupils = _with_pairing(pupils, problems)
     results = _with_pairing(results, problems)
     pupils = rules.apply_rules(pupils.withColumn(rules.KEY_COUNT, F.col("_n_pupil_rows")), [rules.duplicate_rule(PUPILS.key)], append=True)
@@ -268,13 +268,13 @@ def run_intake(
     amendments = _with_known(_with_key_count(amendments_raw, AMENDMENTS.key), "pupil_id", known_ids)
     amendments = amendments.withColumn("_new_value_invalid", _new_value_invalid(codes, key_stage))
     amendments = rules.apply_rules(amendments, rules.amendment_rules(codes, AMENDMENTS, key_stage))
-    amendments = amendments.persist(StorageLevel.MEMORY_AND_DISK)
+    amendments = materialise(amendments)
     amendments_ok, amendments_bad = _split(amendments)
     rejected_parts.append(_rejected_rows(amendments_bad, "amendments", True, False))
 
-    # Every later step reads these two; caching them means the rules run once.
-    pupils = pupils.persist(StorageLevel.MEMORY_AND_DISK)
-    results = results.persist(StorageLevel.MEMORY_AND_DISK)
+    # Every later step reads these two; materialising them means the rules run once more only.
+    pupils = materialise(pupils)
+    results = materialise(results)
     cached += [pupils, results]
     pupils_ok, pupils_bad = _split(pupils)
     results_ok, results_bad = _split(results)
@@ -289,7 +289,7 @@ def run_intake(
     rejected = rejected_parts[0]
     for part in rejected_parts[1:]:
         rejected = rejected.unionByName(part)
-    rejected = rejected.persist(StorageLevel.MEMORY_AND_DISK)
+    rejected = materialise(rejected)
     rejected_by_table = {row["source_table"]: row["n"] for row in rejected.groupBy("source_table").agg(F.count(F.lit(1)).alias("n")).collect()}
 
     scoped = {

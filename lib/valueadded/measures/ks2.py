@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -32,6 +31,7 @@ from valueadded.io.schemas import NATIONAL_ESTIMATES, PUPIL_PROGRESS, PUPIL_RESU
 from valueadded.measures import estimates
 from valueadded.measures.inclusion import NominalScores, subject_test_outcome, writing_outcome
 from valueadded.measures.prior_attainment import ks1_start_point, prior_attainment_group
+from valueadded.spark import materialise
 
 SUBJECTS = ("reading", "writing", "maths")
 TEST_SUBJECTS = ("reading", "maths")
@@ -194,8 +194,8 @@ def attainment_rows(pupils: DataFrame, tables: Ks2Tables) -> DataFrame:
 def stage_measures(release) -> None:
     """The KS2 measures stage: enrich the pupil table and publish the KS2 outputs."""
     tables = load_tables(release.year)
-    pupils = with_prior_attainment(release.frames["pupils"], tables).persist(StorageLevel.MEMORY_AND_DISK)
-    long = long_outcomes(pupils, tables).persist(StorageLevel.MEMORY_AND_DISK)
+    pupils = materialise(with_prior_attainment(release.frames["pupils"], tables))
+    long = materialise(long_outcomes(pupils, tables))
     result = estimates.progress_measures(long, tables.rules)
     release.frames["pupil_table"] = release.frames["pupils"]  # kept so the run can free it
     release.frames["pupils"] = pupils

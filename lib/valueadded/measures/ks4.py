@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -52,6 +51,7 @@ from valueadded.measures.estimates import (
 from valueadded.measures.ks4_prior_attainment import NO_PRIOR_ATTAINMENT, ks2_prior_attainment, prior_attainment_group
 from valueadded.measures.ks4_tables import KS4_SUBJECTS, KS4YearTables, load_ks4_tables
 from valueadded.measures.published import check_applies, estimates_table, load_published_estimates
+from valueadded.spark import materialise
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def stage_measures(release) -> None:
     release.frames["pupils"] = pupils
     release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
 
-    long = progress_long_frame(pupils).persist(StorageLevel.MEMORY_AND_DISK)
+    long = materialise(progress_long_frame(pupils))
     release.frames["ks4_long"] = long
     published, source = _published_estimates(release, tables)
     result = progress_measures(long, tables.progress_rules(), published)

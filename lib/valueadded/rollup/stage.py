@@ -52,6 +52,7 @@ from valueadded.io.schemas import (
 from valueadded.rollup import aggregate, compare, history, identify, pupils, suppression, trusts
 from valueadded.rollup.config import DIMENSIONS, RollupConfig
 from valueadded.rollup.measures import ATTAINMENT, MEASURES, measures_of_kind, progress_measure_name
+from valueadded.spark import materialise
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,17 @@ def _data_columns(schema: TableSchema) -> list[str]:
     return [name for name in schema.names if name not in PARTITION_NAMES]
 
 
-def _materialised(frame: DataFrame) -> DataFrame:
-    """The frame computed now and cut from its lineage (a local checkpoint).
+def _materialised(release, name: str, frame: DataFrame) -> DataFrame:
+    """The frame computed now and cut from its lineage (valueadded.spark.materialise), kept
+    in `release.frames` so the run frees it.
 
     The frames this stage starts from carry the plan of the whole release so far (intake,
     measures, CVA). Every step built on them would make Spark analyse, match against the
-    cache and print that plan again: minutes even for a small cohort. A local checkpoint
-    keeps the rows in the executors' block store (memory, spilling to disk) under a plan
-    of one node. Like a cached frame it is lost with an executor, so on a cluster an
-    executor loss fails the run (which then leaves the tables as they were).
+    cache and print that plan again: minutes even for a small cohort.
     """
-    return frame.localCheckpoint(eager=True)
+    frame = materialise(frame)
+    release.frames[f"rollup_{name}"] = frame
+    return frame
 
 
 def _gathered(frame: DataFrame) -> DataFrame:
@@ -186,7 +187,7 @@ def stage_rollup(release) -> None:
     store = TableStore(release.spark, release.output_dir)
     intake = release.intake
 
-    scores = _materialised(release.outputs[SCHOOL_SCORES.name][1])
+    scores = _materialised(release, "scores", release.outputs[SCHOOL_SCORES.name][1])
     release.publish(SCHOOL_SCORES, scores)  # written from the checkpoint, not computed again
     progress = release.outputs[PUPIL_PROGRESS.name][1]
     z, thresholds = progress_rules(key_stage, year)
@@ -194,13 +195,13 @@ def stage_rollup(release) -> None:
     context = _gathered(school_context(intake.schools, trusts.school_trusts(intake.trust_membership, intake.schools, year, config.trusts)))
     centres = {spec.name: spec.outcome.school_score_centre for spec in load_release_models(key_stage)}
 
-    wide = _materialised(pupils.pupil_value_frame(
+    wide = _materialised(release, "wide", pupils.pupil_value_frame(
         release.frames["pupils"], pupils.progress_by_pupil(progress, key_stage), context, key_stage,
         config.subgroups, attainment_values(key_stage, year), centres,
     ))
     values = pupils.pupil_measure_rows(wide, key_stage, DIMENSIONS)
     dimensions = {d: config.subgroups.values(d) for d in config.subgroups.dimensions}
-    cells = _materialised(aggregate.school_cells(values, dimensions, config.subgroups.measures[key_stage]))
+    cells = _materialised(release, "cells", aggregate.school_cells(values, dimensions, config.subgroups.measures[key_stage]))
 
     # Small frames left lazy are cheap to recompute from the checkpoints; a job each costs more.
     eligibility = aggregate.trust_eligibility(cells, context, config.trusts.min_schools)
@@ -211,14 +212,14 @@ def stage_rollup(release) -> None:
     last_year = history.earlier_partition(store, UNSUPPRESSED_MEASURES, year - 1, key_stage, config.history_data_stage)
     two_years_ago = history.earlier_partition(store, UNSUPPRESSED_MEASURES, year - 2, key_stage, config.history_data_stage)
 
-    def finished(figures: DataFrame) -> DataFrame:
-        return _materialised(suppression.with_suppression(history.with_trends(figures, last_year, two_years_ago, config.min_pupils), config.min_pupils))
+    def finished(name: str, figures: DataFrame) -> DataFrame:
+        return _materialised(release, name, suppression.with_suppression(history.with_trends(figures, last_year, two_years_ago, config.min_pupils), config.min_pupils))
 
     # Three parts: the levels above schools, the schools' own figures, and the schools'
     # subgroups (most of the rows: built from the cells without a shuffle).
-    higher = finished(aggregate.figures_from_sums(aggregate.higher_level_sums(placed), sds, nationals, thresholds, z))
-    school_all = finished(aggregate.school_figures(scores, nationals))
-    school_subgroups = finished(aggregate.figures_from_sums(aggregate.school_subgroup_sums(cells), sds, nationals, thresholds, z))
+    higher = finished("higher", aggregate.figures_from_sums(aggregate.higher_level_sums(placed), sds, nationals, thresholds, z))
+    school_all = finished("school_all", aggregate.school_figures(scores, nationals))
+    school_subgroups = finished("school_subgroups", aggregate.figures_from_sums(aggregate.school_subgroup_sums(cells), sds, nationals, thresholds, z))
     headline = higher.unionByName(school_all)
     figures = headline.unionByName(school_subgroups)
     _record_counts(release, figures, key_stage)
