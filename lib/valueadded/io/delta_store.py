@@ -44,7 +44,7 @@ from pyspark.sql import functions as F
 
 from valueadded.io.pseudonym import PseudonymKey, pseudonymise
 from valueadded.io.schemas import PARTITION_NAMES, SPARK_TYPES, TableSchema
-from valueadded.spark import delta_spark_available
+from valueadded.spark import delta_spark_available, partitions_per_core
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class TableStore:
         staging = target / "_staging" / token
         partition_dir = f"academic_year={int(year)}/key_stage={key_stage}/data_stage={data_stage}"
         try:
-            frame.write.mode("overwrite").parquet(str(staging))
+            frame.coalesce(partitions_per_core(frame)).write.mode("overwrite").parquet(str(staging))
             staged = sorted(staging.glob("part-*.parquet"))
             expected = pa.schema([f for f in schema.arrow_schema() if f.name not in PARTITION_NAMES])
             required = [c.name for c in schema.columns if not c.nullable and c.name not in PARTITION_NAMES]
