@@ -101,4 +101,7 @@ def free(frame: DataFrame) -> None:
     frame.unpersist()
     plan = frame._jdf.queryExecution().analyzed()  # noqa: SLF001
     if plan.getClass().getSimpleName() == "LogicalRDD":
-        plan.rdd().unpersist(False)
+        rdd = plan.rdd()
+        # Spark's cleaner may have freed it already (nothing referred to it any more).
+        if frame.sparkSession.sparkContext._jsc.getPersistentRDDs().containsKey(rdd.id()):  # noqa: SLF001
+            rdd.unpersist(False)
