@@ -157,3 +157,21 @@ def test_group_with_identical_progress_is_never_capped(spark):
     pupils = {r.pupil_id: r for r in result["pupils"].collect()}
     assert not pupils["g3p0"].capped and pupils["g3p0"].adjusted_progress == 0.0
     assert sum(p.capped for p in pupils.values()) == 1
+
+
+def test_pupils_tied_with_the_z_star_pupil_are_not_capped_whatever_the_partitioning(spark):
+    # Group 2 gets a second pupil with outcome 100: two pupils share the group's lowest z.
+    # K = round(0.1 x 21) = 2: z* is that shared z, so both are at the cap already and
+    # neither is capped; only group 1's -10 (z below z*) is. Ties must not be decided by
+    # the last bit of the cap, which moves with the order Spark sums the group in.
+    tied = spark.createDataFrame(
+        [("g2p10", "B", "reading", 2, 100.0, True, True)],
+        "pupil_id string, school_id string, subject string, prior_attainment_group int, outcome double, in_progress boolean, in_national boolean",
+    )
+    long = _worked_long(spark).unionByName(tied)
+    for frame in (long.repartition(1), long.repartition(7), long.orderBy(F.rand(seed=5)).repartition(3)):
+        result = estimates.progress_measures(frame, WORKED_RULES)
+        pupils = {r.pupil_id: r for r in result["pupils"].collect()}
+        assert {p for p, r in pupils.items() if r.capped} == {"g1p0"}
+        for tied_pupil in ("g2p0", "g2p10"):
+            assert pupils[tied_pupil].adjusted_progress == pupils[tied_pupil].progress

@@ -323,7 +323,7 @@ PUPIL_PROGRESS = TableSchema(
         Column("exclusion_reason", "string", True, "Why the pupil has no progress score in this subject (null when in_progress)."),
         Column("estimate", "double", True, "National estimate for the pupil's group and subject."),
         Column("progress", "double", True, "(outcome - estimate) / divisor, before the extreme-negative adjustment."),
-        Column("capped", "boolean", False, "The score was raised to the group's cap (extreme negative)."),
+        Column("capped", "boolean", False, "The score was raised to the group's cap (extreme negative): the pupil's z in their group is below the subject's z*. A pupil tied with the z* pupil is at the cap already and is not capped."),
         Column("adjusted_progress", "double", True, "Progress after the extreme-negative adjustment; used for school scores."),
     ),
 )

@@ -154,7 +154,7 @@ def extreme_negative_z_star(long: DataFrame, groups: pd.DataFrame, rules: Progre
     ])
     lookup = _local_frame(spark, with_z[with_z["subject"].isin(list(wanted))], schema)
     divisor = _by_subject_map(rules.divisors, 1.0)
-    z = (((F.col("outcome") - F.col("estimate")) / divisor) - F.col("progress_mean")) / F.col("progress_sd")
+    z = within_group_z(divisor)
     national = long.where(F.col("in_national")).join(lookup, on=GROUP_KEYS, how="inner").select("subject", z.alias("z"))
 
     share = min(1.0, max(2 * k / n for k, n in wanted.values()) + 1.0 / _APPROX_ACCURACY)
@@ -181,6 +181,17 @@ def extreme_negative_z_star(long: DataFrame, groups: pd.DataFrame, rules: Progre
     return z_star
 
 
+def within_group_z(divisor: Column) -> Column:
+    """A pupil's z in their group: ((outcome - estimate) / divisor - progress_mean) / progress_sd.
+
+    The one expression both the z* search and the cap test use, so that a pupil tied with
+    the z* pupil gets the same double as z* and is not capped (their progress already is
+    the cap). Comparing progress with the cap instead would decide such ties by the last
+    bit of the cap, which depends on the order Spark summed the group's mean and SD in.
+    """
+    return (((F.col("outcome") - F.col("estimate")) / divisor) - F.col("progress_mean")) / F.col("progress_sd")
+
+
 def caps_and_estimates(estimates: pd.DataFrame, groups: pd.DataFrame, z_star: dict[str, float]) -> pd.DataFrame:
     """Per (subject, group): the estimate row with progress_mean, progress_sd and cap =
     mean + z* x SD (null without a z* or an SD)."""
@@ -190,22 +201,27 @@ def caps_and_estimates(estimates: pd.DataFrame, groups: pd.DataFrame, z_star: di
     return merged
 
 
-def pupil_progress(long: DataFrame, table: DataFrame, rules: ProgressRules) -> DataFrame:
+def pupil_progress(long: DataFrame, table: DataFrame, rules: ProgressRules, z_star: dict[str, float]) -> DataFrame:
     """Rules 2 and 3 per pupil: add estimate, progress, capped and adjusted_progress.
 
-    `table` has subject, prior_attainment_group, estimate and cap (one row per pair). A
-    pupil below their group's cap is raised to it; a group with a null or zero SD, or a
-    subject without z*, is never capped. Rows not `in_progress` get nulls.
+    `table` has subject, prior_attainment_group, estimate, progress_mean, progress_sd and
+    cap (one row per pair); `z_star` is subject -> z*. A pupil whose z is below z* is
+    raised to their group's cap; a group with a null or zero SD, or a subject without z*,
+    is never capped. Rows not `in_progress` get nulls.
     """
-    joined = long.join(table.select(*GROUP_KEYS, "estimate", "cap"), on=GROUP_KEYS, how="left")
+    joined = long.join(table.select(*GROUP_KEYS, "estimate", "progress_mean", "progress_sd", "cap"), on=GROUP_KEYS, how="left")
     divisor = _by_subject_map(rules.divisors, 1.0)
+    star = F.lit(None).cast("double")
+    for subject, value in sorted(z_star.items()):
+        star = F.when(F.col("subject") == subject, F.lit(float(value))).otherwise(star)
     progress = F.when(F.col("in_progress"), (F.col("outcome") - F.col("estimate")) / divisor).cast("double")
-    capped = progress.isNotNull() & F.col("cap").isNotNull() & (progress < F.col("cap"))
+    can_cap = progress.isNotNull() & F.col("cap").isNotNull() & (F.col("progress_sd") > 0)
+    capped = F.when(can_cap, within_group_z(divisor) < star)  # z only where it is defined
     return (
         joined.withColumn("progress", progress)
         .withColumn("capped", F.coalesce(capped, F.lit(False)))
         .withColumn("adjusted_progress", F.when(F.col("capped"), F.col("cap")).otherwise(F.col("progress")))
-        .drop("cap")
+        .drop("cap", "progress_mean", "progress_sd")
     )
 
 
@@ -296,7 +312,7 @@ def progress_measures(long: DataFrame, rules: ProgressRules, published: pd.DataF
     z_star = extreme_negative_z_star(long, groups, rules)
     table = caps_and_estimates(estimates, groups, z_star)
     table_frame = _local_frame(spark, table, _ESTIMATES_SCHEMA)
-    adjusted = pupil_progress(long, table_frame, rules)
+    adjusted = pupil_progress(long, table_frame, rules, z_star)
     if published is not None:
         national_sd = published.groupby("subject")["national_sd"].first().to_dict()
     else:
