@@ -90,11 +90,10 @@ def stage_intake(release: Release) -> None:
 
 def stage_pupil_table(release: Release) -> None:
     intake = release.intake
-    pupils = build_pupil_table(
+    pupils = materialise(build_pupil_table(
         intake.pupils, intake.schools, intake.trust_membership, intake.amendments,
         release.year, release.key_stage, release.data_stage,
-    )
-    pupils = materialise(pupils)
+    ))
     release.frames["pupils"] = pupils
     release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
 

@@ -235,8 +235,8 @@ def stage_cva(release) -> None:
     outcomes: list[ModelOutcome] = []
     for spec in specs:
         scored = scored_population(base, spec)
-        # Not cached: the gather reads it once, and the predictions, computed from it again
-        # as column expressions, go into the cached `enriched` below.
+        # Not materialised: the gather reads it once, and the predictions, computed from it
+        # again as column expressions, go into the materialised `enriched` below.
         design = model_design(scored, spec)
         outcome = fit_model(design, spec, release.config.cva_empty_terms)
         outcomes.append(outcome)
@@ -266,9 +266,9 @@ def stage_cva(release) -> None:
     for part in parts[1:]:
         enriched = enriched.unionByName(part.select(*columns))
     enriched = materialise(enriched)
-    _check_rows(release, pupils, enriched, outcomes)  # materialises `enriched`
+    _check_rows(release, pupils, enriched, outcomes)
 
-    # School scores from the cached enriched frame, so the predictions are computed once.
+    # School scores from the materialised enriched frame, so the predictions are computed once.
     for outcome in outcomes:
         if outcome.fit is None:
             continue

@@ -287,7 +287,7 @@ def progress_measures(long: DataFrame, rules: ProgressRules, published: pd.DataF
 
     The national figures (estimates, group statistics, z*, caps, national SDs) are small
     and computed on the driver from a few aggregations; the pupil and school frames are
-    left lazy over `long`, which the caller should persist.
+    left lazy over `long`, which the caller should materialise (valueadded.spark).
 
     Args:
         long: one row per pupil per subject (columns in the module docstring).

@@ -204,7 +204,7 @@ def stage_measures(release) -> None:
     tables = load_ks4_tables(release.year)
     base = release.frames["pupils"]
     pupils = with_attainment_and_prior(base, tables)
-    release.frames["pupil_table"] = base  # still persisted: kept so the run frees it
+    release.frames["pupil_table"] = base  # still materialised: kept so the run frees it
     release.frames["pupils"] = pupils
     release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
 
