@@ -89,9 +89,7 @@ def stage_components(
         One row per pupil (same index): ``prior_attainment``, ``characteristics``,
         ``school_level``, ``range_adjustment``, ``prediction`` (their sum, inside the range).
     """
-    unknown = sorted({s for s in stage_of.values() if s not in STAGES})
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; expected {list(STAGES)}")
+    _check_stages(stage_of)
     low, high = valid_range
     terms = [t for t in coefficients if t != "intercept"]
     values = design[terms].to_numpy(dtype=np.float64) if terms else np.zeros((len(design), 0))
@@ -108,6 +106,12 @@ def stage_components(
     out["range_adjustment"] = prediction - unadjusted
     out["prediction"] = prediction
     return pd.DataFrame(out, index=design.index)
+
+
+def _check_stages(stage_of: Mapping[str, str]) -> None:
+    unknown = sorted({s for s in stage_of.values() if s not in STAGES})
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; expected {list(STAGES)}")
 
 
 def _weighted_sum(terms: list[tuple[str, float]], constant: float) -> Column:
@@ -134,9 +138,7 @@ def predict(
     prediction is a few dozen multiply-adds per pupil, which Spark's generated code does
     in place, where a pandas UDF would ship every design column to Python and back.
     """
-    unknown = sorted({s for s in stage_of.values() if s not in STAGES})
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; expected {list(STAGES)}")
+    _check_stages(stage_of)
     coefficients = {t: float(v) for t, v in coefficients.items()}
     terms = [t for t in coefficients if t != "intercept"]
     missing = [design_column(t) for t in terms if design_column(t) not in frame.columns]
@@ -149,7 +151,7 @@ def predict(
             [(t, coefficients[t]) for t in terms if stage_of[t] == stage],
             coefficients.get("intercept", 0.0) if stage == intercept_stage else 0.0,
         )
-        for stage in ("prior_attainment", "characteristics", "school_level")
+        for stage in STAGES
     }
     staged = frame.withColumns({COMPONENT_COLUMNS[stage]: part for stage, part in parts.items()})
     unadjusted = F.col(COMPONENT_COLUMNS["prior_attainment"]) + F.col(COMPONENT_COLUMNS["characteristics"])

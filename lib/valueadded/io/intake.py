@@ -21,7 +21,6 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from valueadded.config import CodeLists
-from valueadded.spark import free, materialise
 from valueadded.io import validate as rules
 from valueadded.io.inputs import PARSE_ERRORS, RAW, InputFile, fingerprint, locate, read_table, row_json
 from valueadded.io.schemas import (
@@ -33,6 +32,7 @@ from valueadded.io.schemas import (
     SPARK_TYPES,
     TRUST_MEMBERSHIP,
 )
+from valueadded.spark import free, materialise
 
 log = logging.getLogger(__name__)
 

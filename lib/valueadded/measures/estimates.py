@@ -71,9 +71,9 @@ class ProgressRules:
             raise ValueError(f"extreme_share must be in [0, 1), got {self.extreme_share}")
 
 
-def _by_subject_map(mapping: dict[str, float], default: float) -> Column:
-    """A Column giving mapping[subject], or default for a subject not in the mapping."""
-    value = F.lit(default)
+def _by_subject_map(mapping: dict[str, float], default: float | None) -> Column:
+    """A Column giving mapping[subject], or default (None: null) for a subject not in the mapping."""
+    value = F.lit(None).cast("double") if default is None else F.lit(float(default))
     for subject, number in sorted(mapping.items()):
         value = F.when(F.col("subject") == subject, F.lit(float(number))).otherwise(value)
     return value
@@ -166,9 +166,7 @@ def extreme_negative_z_star(long: DataFrame, groups: pd.DataFrame, rules: Progre
             .agg(F.percentile_approx("z", share, _APPROX_ACCURACY).alias("bound"))
             .collect()
         }
-        bound = F.lit(None).cast("double")
-        for subject in sorted(wanted):
-            bound = F.when(F.col("subject") == subject, F.lit(float(bounds[subject]))).otherwise(bound)
+        bound = _by_subject_map({subject: bounds[subject] for subject in wanted}, None)
         smallest = national.where(F.col("z") <= bound).toPandas()
         for subject, values in smallest.groupby("subject")["z"]:
             k = wanted[subject][0]
@@ -211,9 +209,7 @@ def pupil_progress(long: DataFrame, table: DataFrame, rules: ProgressRules, z_st
     """
     joined = long.join(table.select(*GROUP_KEYS, "estimate", "progress_mean", "progress_sd", "cap"), on=GROUP_KEYS, how="left")
     divisor = _by_subject_map(rules.divisors, 1.0)
-    star = F.lit(None).cast("double")
-    for subject, value in sorted(z_star.items()):
-        star = F.when(F.col("subject") == subject, F.lit(float(value))).otherwise(star)
+    star = _by_subject_map(z_star, None)
     progress = F.when(F.col("in_progress"), (F.col("outcome") - F.col("estimate")) / divisor).cast("double")
     can_cap = progress.isNotNull() & F.col("cap").isNotNull() & (F.col("progress_sd") > 0)
     capped = F.when(can_cap, within_group_z(divisor) < star)  # z only where it is defined
