@@ -5,7 +5,9 @@ run once, not once per test module)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,8 @@ class GeneratedRelease:
     year: int
     seed: int
     scale: float
+    # The store's log line of every partition the release wrote (valueadded.io.delta_store).
+    writes: list[dict] = field(default_factory=list)
 
     @property
     def input_dir(self) -> Path:
@@ -65,7 +69,17 @@ def generated_release(spark, tmp_path_factory, pseudonym_key) -> GeneratedReleas
 
     root = tmp_path_factory.mktemp("generated_release")
     manifest = generate_cohort(root / "input", year=GENERATED_YEAR, seed=GENERATED_SEED, scale=GENERATED_SCALE, files=2)
-    code = main(["release", "--input", str(root / "input"), "--output", str(root / "output"),
-                 "--year", str(GENERATED_YEAR), "--key-stage", "both", "--stage", "both"])
+    writes: list[dict] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: writes.append(json.loads(record.getMessage()))
+    store_log = logging.getLogger("valueadded.io.delta_store")
+    level, store_log.level = store_log.level, logging.INFO
+    store_log.addHandler(handler)
+    try:
+        code = main(["release", "--input", str(root / "input"), "--output", str(root / "output"),
+                     "--year", str(GENERATED_YEAR), "--key-stage", "both", "--stage", "both"])
+    finally:
+        store_log.removeHandler(handler)
+        store_log.setLevel(level)
     assert code == 0
-    return GeneratedRelease(root, manifest, GENERATED_YEAR, GENERATED_SEED, GENERATED_SCALE)
+    return GeneratedRelease(root, manifest, GENERATED_YEAR, GENERATED_SEED, GENERATED_SCALE, writes)

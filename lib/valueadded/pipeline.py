@@ -27,7 +27,7 @@ from valueadded.config import ConfigError, ReleaseConfig
 from valueadded.cva.stage import stage_cva
 from valueadded.io.delta_store import SchemaMismatchError, TableStore
 from valueadded.io.intake import Intake, check_rejected_share, run_intake
-from valueadded.io.pseudonym import PseudonymKey
+from valueadded.io.pseudonym import PseudonymKey, carried_pseudonyms, with_pupil_pseudonyms
 from valueadded.io.runlog import RunRecord
 from valueadded.io.publish import PartitionLock, publish, recover_partition
 from valueadded.io.schemas import OUTPUT_TABLES, PUPIL_RESULTS, REJECTED_ROWS, RUNS, TableSchema
@@ -90,12 +90,16 @@ def stage_intake(release: Release) -> None:
 
 def stage_pupil_table(release: Release) -> None:
     intake = release.intake
-    pupils = materialise(build_pupil_table(
+    pupils = build_pupil_table(
         intake.pupils, intake.schools, intake.trust_membership, intake.amendments,
         release.year, release.key_stage, release.data_stage,
-    ))
+    )
+    if release.pseudonym_key is not None:
+        # Each pupil hashed once; the pupil tables carry the column to the write.
+        pupils = with_pupil_pseudonyms(pupils, release.pseudonym_key)
+    pupils = materialise(pupils)
     release.frames["pupils"] = pupils
-    release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
+    release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names, *carried_pseudonyms(pupils)))
 
 
 def pupil_table(

@@ -150,6 +150,15 @@ def test_pupil_ids_are_the_pseudonyms_of_the_input_ids(release):
     assert len(stages[0] & stages[1]) > 0.9 * len(stages[0])
 
 
+def test_each_pupil_is_hashed_once_per_release(generated_release):
+    """The pupil tables take the pseudonyms the pupil table computed (valueadded.io.pseudonym,
+    with_pupil_pseudonyms) instead of hashing every row again as they are written."""
+    pupil_tables = ("pupil_results", "pupil_progress", "pupil_measures")
+    written = {(w["table"], *w["partition"][1:]): w["pseudonyms"] for w in generated_release.writes if w["table"] in pupil_tables}
+    partitions = [(key_stage, stage) for key_stage in ("ks2", "ks4") for stage in ("unvalidated", "validated")]
+    assert written == {(table, *partition): "carried" for table in pupil_tables for partition in partitions}
+
+
 def test_drill_down_joins_on_pseudonyms(release):
     tables, _ = release
     key = ["academic_year", "key_stage", "data_stage", "pupil_id"]

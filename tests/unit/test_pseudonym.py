@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,11 @@ from valueadded.io.pseudonym import (
     PseudonymKey,
     PseudonymKeyError,
     pseudonym,
+    carried_column,
     pseudonymise,
     pseudonymise_json,
     pseudonyms,
+    with_pupil_pseudonyms,
 )
 from valueadded.io.schemas import INPUT_TABLES, OUTPUT_TABLES, REJECTED_ROWS, RUNS, Column, TableSchema
 from valueadded.synth import SYNTHETIC_COHORT_PSEUDONYM_KEY
@@ -183,6 +186,32 @@ def test_store_writes_pseudonyms_and_refuses_pupil_ids_without_a_key(spark, tmp_
     written = DeltaTable(str(tmp_path / "restricted" / "rows")).to_pandas()
     assert set(written.pupil_id.dropna()) == {reference(f"A00000000000{i}", KEY.secret) for i in (1, 2)}
     assert not written.row_json.fillna("").str.contains("A00000000000").any()
+
+
+def test_store_takes_carried_pseudonyms_and_refuses_those_of_another_key(spark, tmp_path):
+    """A frame derived from one with with_pupil_pseudonyms() is written without hashing again,
+    with the same pseudonyms; carried pseudonyms of another key are never written."""
+    carried = with_pupil_pseudonyms(_rows(spark), KEY)
+    assert carried.columns == ["pupil_id", "school_id", "row_json", carried_column(KEY)]
+    # A derived frame: the carried column travels beside pupil_id, in another order.
+    derived = carried.select(carried_column(KEY), "row_json", "school_id", "pupil_id")
+    plan = pseudonymise(derived, ROWS, KEY)._jdf.queryExecution().optimizedPlan().toString()  # noqa: SLF001
+    # pupil_id hashed once, upstream in with_pupil_pseudonyms; row_json as written.
+    assert len(re.findall(r"(?<!json_)pupil_pseudonym\(", plan)) == 1
+    assert len(re.findall(r"json_pupil_pseudonyms\(", plan)) == 1
+    store = TableStore(spark, tmp_path, pseudonym_key=KEY)
+    staged = store.stage_partition(derived, ROWS, 2024, "ks2", "unvalidated")
+    assert staged.pseudonyms == "carried"
+    store.commit(staged)
+    written = DeltaTable(str(tmp_path / "restricted" / "rows")).to_pandas()
+    assert list(written.columns) == ROWS.names
+    assert list(written.pupil_id) == [reference("A000000000001", KEY.secret), reference("A000000000002", KEY.secret), None,
+                                      reference("A000000000001", KEY.secret)]
+    assert store.stage_partition(_rows(spark), ROWS, 2024, "ks2", "unvalidated").pseudonyms == "hashed"
+
+    other = PseudonymKey("another", b"another-key-0123456789")
+    with pytest.raises(ValueError, match=f"another key \\(fingerprint {other.fingerprint}\\)"):
+        store.stage_partition(with_pupil_pseudonyms(_rows(spark), other), ROWS, 2024, "ks2", "unvalidated")
 
 
 def test_release_without_a_key_stops_before_any_work(tmp_path, monkeypatch, caplog):

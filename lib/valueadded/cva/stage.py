@@ -47,6 +47,7 @@ from valueadded.cva.design import OUTCOME, PRIOR_APS, design_column, with_design
 from valueadded.cva.fit import NoRowsError, RandomInterceptFit, fit_statistics, gather_statistics
 from valueadded.cva.reml import RemlError, SingularDesignError, TooFewGroupsError
 from valueadded.cva.spec import ModelSpec, load_model_spec
+from valueadded.io.pseudonym import carried_pseudonyms
 from valueadded.io.schemas import CVA_MODEL, CVA_PUPIL_COLUMNS, PARTITION_NAMES, PUPIL_RESULTS, SCHOOL_MEASURES, SPARK_TYPES
 from valueadded.spark import materialise
 
@@ -281,7 +282,7 @@ def stage_cva(release) -> None:
         )
     release.frames["cva_input_pupils"] = pupils
     release.frames["pupils"] = enriched
-    release.publish(PUPIL_RESULTS, enriched.select(*PUPIL_RESULTS.names))
+    release.publish(PUPIL_RESULTS, enriched.select(*PUPIL_RESULTS.names, *carried_pseudonyms(enriched)))
     rows = [row for outcome in outcomes for row in model_rows(outcome)]
     release.publish(CVA_MODEL, release.spark.createDataFrame(rows, schema=_model_schema()))
     if school_rows:

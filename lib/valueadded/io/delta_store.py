@@ -19,7 +19,8 @@ table's declared schema (`io/schemas.py`): names, order, types and non-null colu
 
 Pupil identifiers never reach a table: the columns the schema marks as holding one are
 replaced by pseudonyms as the partition is written (`io/pseudonym.py`), with the store's
-pseudonym key; a store without a key refuses to write such a table.
+pseudonym key, or taken from the pseudonyms the frame carries when they were computed
+with that key; a store without a key refuses to write such a table.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from valueadded.io.pseudonym import PseudonymKey, pseudonymise
+from valueadded.io.pseudonym import PseudonymKey, carried_column, carried_pseudonyms, pseudonymise
 from valueadded.io.schemas import PARTITION_NAMES, SPARK_TYPES, TableSchema
 from valueadded.spark import delta_spark_available, partitions_per_core
 
@@ -106,6 +107,9 @@ class StagedPartition:
     actions: list[AddAction]  # delta-rs: the files to commit
     staging_dir: Path | None  # delta-spark: the staged Parquet to copy in
     write_seconds: float
+    # How pupil ids were replaced: "carried" (the frame's carried pseudonyms), "hashed"
+    # (hashed as written), None (no pupil ids).
+    pseudonyms: str | None = None
 
     @property
     def rows(self) -> int | None:
@@ -180,13 +184,17 @@ class TableStore:
         """
         data_columns = [name for name in schema.names if name not in PARTITION_NAMES]
         missing = [name for name in data_columns if name not in frame.columns]
-        unexpected = [name for name in frame.columns if name not in data_columns and name not in PARTITION_NAMES]
+        carried = carried_pseudonyms(frame)  # pseudonyms computed upstream: used or dropped below
+        unexpected = [name for name in frame.columns if name not in data_columns and name not in PARTITION_NAMES and name not in carried]
         if missing or unexpected:
             raise SchemaMismatchError(f"{schema.name}: columns differ from schema v{schema.version}: missing {missing}, unexpected {unexpected}")
         if schema.pseudonymised:
             if self.pseudonym_key is None:
                 raise ValueError(f"{schema.name} holds pupil identifiers ({', '.join(schema.pseudonymised)}): the store needs a pseudonym key to write it")
+            pseudonyms = "carried" if carried_column(self.pseudonym_key) in carried else "hashed"
             frame = pseudonymise(frame, schema, self.pseudonym_key)
+        else:
+            pseudonyms = None
         keyed = frame.select(
             F.lit(int(year)).cast("int").alias("academic_year"),
             F.lit(key_stage).alias("key_stage"),
@@ -201,10 +209,10 @@ class TableStore:
         if self.backend == "delta-spark":
             staging = self.root / "_staging" / f"{schema.name}-{uuid.uuid4().hex}"
             keyed.write.parquet(str(staging))
-            staged = StagedPartition(schema, partition, [], staging, time.perf_counter() - started)
+            staged = StagedPartition(schema, partition, [], staging, time.perf_counter() - started, pseudonyms)
         else:
             actions = self._write_files(keyed.select(*data_columns), schema, *partition)
-            staged = StagedPartition(schema, partition, actions, None, time.perf_counter() - started)
+            staged = StagedPartition(schema, partition, actions, None, time.perf_counter() - started, pseudonyms)
         return staged
 
     def commit(self, staged: StagedPartition) -> int:
@@ -227,6 +235,7 @@ class TableStore:
         log.info(json.dumps({
             "table": schema.name, "partition": list(partition), "files": len(staged.actions), "rows": staged.rows,
             "write_seconds": round(staged.write_seconds, 3), "commit_seconds": round(time.perf_counter() - started, 3),
+            "pseudonyms": staged.pseudonyms,
         }))
         return self.version(schema)
 

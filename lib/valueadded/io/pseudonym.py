@@ -19,6 +19,13 @@ amendments and joins use the raw identifiers; the declared output schemas
 the JSON text columns that may carry one under a known name (`Column.json_pupil_keys`,
 e.g. `rejected_rows.row_json`), and the store replaces them before it writes.
 
+Computed once per pupil: a release hashes its pupils' ids as it builds the pupil table
+(`with_pupil_pseudonyms`) into a column named for the key's fingerprint, and the frames
+it derives carry that column beside `pupil_id` (`carried_pseudonyms`). The store then
+takes a pupil's pseudonym from it instead of hashing again: pupil_results,
+pupil_progress (three rows per KS2 pupil, eight per KS4 pupil) and pupil_measures hold
+the same pupils. A column computed with another key than the store's is refused.
+
 Why a pandas UDF and not Spark SQL: Spark has no HMAC function, and building one from
 `sha2` needs the key's pads as literals in the query plan, which Spark prints in its UI,
 event logs and error messages. In the UDF the key travels to the executors inside the
@@ -213,21 +220,55 @@ def _json_pseudonym_udf(secret: bytes, names: tuple[str, ...]):
     return json_pupil_pseudonyms
 
 
+CARRIED_PREFIX = "_pupil_id_pseudonym_"
+
+
+def carried_column(key: PseudonymKey) -> str:
+    """The column that carries pupil_id's pseudonyms under `key` (with_pupil_pseudonyms)."""
+    return f"{CARRIED_PREFIX}{key.fingerprint}"
+
+
+def carried_pseudonyms(frame: DataFrame) -> list[str]:
+    """The frame's carried pseudonym columns: select them with `pupil_id` to keep them in step."""
+    return [name for name in frame.columns if name.startswith(CARRIED_PREFIX)]
+
+
+def with_pupil_pseudonyms(frame: DataFrame, key: PseudonymKey) -> DataFrame:
+    """The frame with the pseudonym of each row's `pupil_id` in the column carried_column(key).
+
+    Hash once, where the pupils are one row each; a frame derived from this one that keeps
+    the column beside `pupil_id` is written without hashing again (pseudonymise).
+    """
+    return frame.withColumn(carried_column(key), _pupil_pseudonym_udf(key.secret)(F.col("pupil_id")))
+
+
 def pseudonymise(frame: DataFrame, schema: "TableSchema", key: PseudonymKey) -> DataFrame:
     """The frame with every pupil identifier of `schema` replaced by its pseudonym.
 
-    Columns marked `identifies_pupil` are hashed whole; in columns with `json_pupil_keys`
-    the values of those keys are hashed inside the JSON text. Other columns, and the
-    column order, are unchanged.
+    Columns marked `identifies_pupil` are hashed whole, or `pupil_id` is taken from the
+    column carried_column(key) when the frame carries it; in columns with
+    `json_pupil_keys` the values of those keys are hashed inside the JSON text. Other
+    columns, and the column order, are unchanged; carried columns are dropped.
+
+    Raises:
+        ValueError: the frame carries pseudonyms computed with another key.
     """
+    carried = carried_pseudonyms(frame)
+    own = carried_column(key)
+    foreign = [name for name in carried if name != own]
+    if foreign:
+        raise ValueError(
+            f"{schema.name}: the frame carries pupil pseudonyms computed with another key (fingerprint "
+            f"{foreign[0][len(CARRIED_PREFIX):]}), not {key}"
+        )
     replaced = {}
     for column in schema.columns:
         if column.name not in frame.columns:
             continue
-        if column.identifies_pupil:
+        if column.identifies_pupil and column.name == "pupil_id" and own in carried:
+            replaced[column.name] = F.col(own)
+        elif column.identifies_pupil:
             replaced[column.name] = _pupil_pseudonym_udf(key.secret)(F.col(column.name))
         elif column.json_pupil_keys:
             replaced[column.name] = _json_pseudonym_udf(key.secret, column.json_pupil_keys)(F.col(column.name))
-    if not replaced:
-        return frame
-    return frame.select(*[replaced[name].alias(name) if name in replaced else F.col(name) for name in frame.columns])
+    return frame.select(*[replaced[name].alias(name) if name in replaced else F.col(name) for name in frame.columns if name not in carried])

@@ -40,6 +40,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from valueadded.io.pseudonym import carried_pseudonyms
 from valueadded.io.schemas import NATIONAL_ESTIMATES, PARTITION_NAMES, PUPIL_PROGRESS, SCHOOL_MEASURES
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile; DfE's tables round it to 1.96
@@ -335,7 +336,7 @@ def pupil_progress_rows(pupils: DataFrame) -> DataFrame:
 
     `pupils` is progress_measures()["pupils"] with an `exclusion_reason` column.
     """
-    return pupils.select(*_data_columns(PUPIL_PROGRESS))
+    return pupils.select(*_data_columns(PUPIL_PROGRESS), *carried_pseudonyms(pupils))
 
 
 def national_estimate_rows(estimates: DataFrame, source: str) -> DataFrame:

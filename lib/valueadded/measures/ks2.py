@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from valueadded.config import ConfigError, check_keys, load_year_tables
+from valueadded.io.pseudonym import carried_pseudonyms
 from valueadded.io.schemas import NATIONAL_ESTIMATES, PUPIL_PROGRESS, PUPIL_RESULTS, SCHOOL_MEASURES
 from valueadded.measures import estimates
 from valueadded.measures.inclusion import NominalScores, subject_test_outcome, writing_outcome
@@ -131,6 +132,7 @@ def long_outcomes(pupils: DataFrame, tables: Ks2Tables) -> DataFrame:
         parts.append(
             pupils.select(
                 "pupil_id",
+                *carried_pseudonyms(pupils),
                 "school_id",
                 F.lit(subject).alias("subject"),
                 "prior_attainment_group",
@@ -201,7 +203,7 @@ def stage_measures(release) -> None:
     release.frames["pupils"] = pupils
     release.frames["ks2_long"] = long
     release.record.row_counts["ks2_z_star"] = result["z_star"]
-    release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
+    release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names, *carried_pseudonyms(pupils)))
     release.publish(PUPIL_PROGRESS, estimates.pupil_progress_rows(result["pupils"]))
     release.publish(NATIONAL_ESTIMATES, estimates.national_estimate_rows(result["estimates"], "computed"))
     school_rows = estimates.school_progress_rows(result["schools"]).unionByName(attainment_rows(pupils, tables))

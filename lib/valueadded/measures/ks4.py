@@ -41,6 +41,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from valueadded.io.pseudonym import carried_pseudonyms
 from valueadded.io.schemas import NATIONAL_ESTIMATES, PUPIL_PROGRESS, PUPIL_RESULTS, SCHOOL_MEASURES
 from valueadded.measures.estimates import (
     national_estimate_rows,
@@ -124,7 +125,7 @@ def progress_long_frame(pupils: DataFrame) -> DataFrame:
     """
     entries = F.explode(F.array(*(_subject_entry(subject) for subject in KS4_SUBJECTS)))
     exploded = pupils.select(
-        "pupil_id", "school_id", "prior_attainment_group", "included", "exclusion_reason", "school_provision",
+        "pupil_id", *carried_pseudonyms(pupils), "school_id", "prior_attainment_group", "included", "exclusion_reason", "school_provision",
         "school_sector", entries.alias("entry"),
     )
     has_prior = F.col("prior_attainment_group").isNotNull()
@@ -137,6 +138,7 @@ def progress_long_frame(pupils: DataFrame) -> DataFrame:
     )
     return exploded.select(
         "pupil_id",
+        *carried_pseudonyms(exploded),
         "school_id",
         F.col("entry.subject").alias("subject"),
         "prior_attainment_group",
@@ -206,7 +208,7 @@ def stage_measures(release) -> None:
     pupils = with_attainment_and_prior(base, tables)
     release.frames["pupil_table"] = base  # still materialised: kept so the run frees it
     release.frames["pupils"] = pupils
-    release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names))
+    release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names, *carried_pseudonyms(pupils)))
 
     long = materialise(progress_long_frame(pupils))
     release.frames["ks4_long"] = long

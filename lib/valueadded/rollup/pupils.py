@@ -26,6 +26,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from valueadded.io.pseudonym import carried_pseudonyms
 from valueadded.rollup.config import ETHNIC_GROUP, NO, YES, SubgroupRules
 from valueadded.rollup.measures import CVA, MEASURES, PROGRESS, Measure
 
@@ -155,6 +156,7 @@ def pupil_value_frame(
     dimensions = subgroup_columns(subgroups, key_stage)
     base = pupils.select(
         *PUPIL_CONTEXT,
+        *carried_pseudonyms(pupils),
         "included",
         *(column.alias(name) for name, column in dimensions.items()),
         *(column.alias(value_column(name)) for name, column in values.items()),
@@ -171,7 +173,7 @@ def drill_down_rows(wide: DataFrame, columns: list[str]) -> DataFrame:
         else F.col(name) if name in wide.columns
         else F.lit(None).cast("double").alias(name)
         for name in columns
-    ))
+    ), *carried_pseudonyms(wide))
 
 
 def pupil_measure_rows(wide: DataFrame, key_stage: str, dimensions: tuple[str, ...]) -> DataFrame:
