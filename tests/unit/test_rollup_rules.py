@@ -163,6 +163,33 @@ def test_suppression_at_5_and_6_pupils_and_secondary(spark):
         assert found.trend_suppression_reason == (row["expected_trend_reason"] or None), row["case"]
 
 
+def test_school_cells_marked_as_built_get_the_figures_decisions_without_a_second_shuffle(spark):
+    """The release marks the school cells (unit school_id) where the aggregation built them:
+    the decisions are the rule's on the figures (unit level and unit_id), and the rule's
+    window reuses the aggregation's shuffle."""
+    # 40 schools of 1-40 pupils, in 4 sen values (X: one pupil each) and 2 genders.
+    values = spark.createDataFrame(
+        [(f"S{school:02d}", measure, float(pupil), "X" if pupil == 0 else ("N", "N", "N", "K", "K", "E")[pupil % 6],
+          ("F", "M", "M")[(pupil + school) % 3])
+         for school in range(1, 41) for pupil in range(school) for measure in (MEASURE, "cva")],
+        "school_id string, measure string, value double, sen string, gender string",
+    )
+    dimensions = {"sen": ("N", "K", "E", "X"), "gender": ("F", "M")}
+    cells = aggregate.school_cells(values, dimensions)
+    marked = suppression.withheld_reason(cells, ROLLUP.min_pupils, unit=("school_id",))
+    plan = marked._jdf.queryExecution().executedPlan().toString()  # noqa: SLF001
+    assert plan.count("Exchange") == 1 and "Exchange hashpartitioning(school_id" in plan, plan
+    key = ("unit_id", "measure", "subgroup", "subgroup_value")
+    decision = ("suppression_reason", "suppressed")
+    carried = {tuple(r[k] for k in key): (r.suppression_reason, r.suppressed)
+               for r in aggregate.school_subgroup_sums(marked, carry=decision).collect()}
+    on_figures = {tuple(r[k] for k in key): (r.suppression_reason, r.suppressed)
+                  for r in suppression.withheld_reason(aggregate.school_subgroup_sums(cells), ROLLUP.min_pupils).collect()}
+    assert carried == on_figures
+    reasons = [reason for reason, _ in carried.values()]
+    assert reasons.count("below_minimum_pupils") > 20 and reasons.count("secondary") > 20 and reasons.count(None) > 20
+
+
 def test_shown_withholds_figures_of_suppressed_rows_only(spark):
     frame = spark.createDataFrame(
         [("a", 5, 1.5, 0.7, True, None), ("b", 6, 2.5, 0.9, False, "withheld_in_an_earlier_year"), ("c", 7, 3.5, 1.1, False, None)],

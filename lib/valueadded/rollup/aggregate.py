@@ -134,14 +134,13 @@ def higher_level_sums(placed: DataFrame, levels: tuple[str, ...] = HIGHER_LEVELS
     )
 
 
-def school_subgroup_sums(cells: DataFrame) -> DataFrame:
-    """School subgroup cells in the sums' shape (weight 1); narrow, so the cells' partitioning by
-    school and measure carries through."""
+def school_subgroup_sums(cells: DataFrame, carry: tuple[str, ...] = ()) -> DataFrame:
+    """School subgroup cells in the sums' shape (weight 1), with the cells' columns `carry`."""
     n = F.col("n").cast("double")
     return cells.where(F.col("subgroup") != ALL).select(
         F.lit("school").alias("level"), F.col("school_id").alias("unit_id"), "subgroup", "subgroup_value", "measure",
         F.lit(1).alias("schools"), "n", n.alias("weighted_pupils"), n.alias("weighted_sq_pupils"),
-        F.col("value_sum").alias("weighted_sum"), "value_sum_sq",
+        F.col("value_sum").alias("weighted_sum"), "value_sum_sq", *carry,
     )
 
 
@@ -219,7 +218,9 @@ def _threshold(thresholds: dict[str, float]) -> Column:
 FIGURE_COLUMNS = (*FIGURE_KEY, "schools", "n", "weighted_pupils", "score", "lower", "upper", "band", "national_score")
 
 
-def figures_from_sums(sums: DataFrame, sds: DataFrame, nationals: DataFrame, thresholds: dict[str, float], z: float) -> DataFrame:
+def figures_from_sums(
+    sums: DataFrame, sds: DataFrame, nationals: DataFrame, thresholds: dict[str, float], z: float, carry: tuple[str, ...] = ()
+) -> DataFrame:
     """Figures (FIGURE_COLUMNS) from sums: score, 95% interval, band and the national figure.
 
     Args:
@@ -229,6 +230,7 @@ def figures_from_sums(sums: DataFrame, sds: DataFrame, nationals: DataFrame, thr
         nationals: national_scores() output.
         thresholds: measure -> "well above/below" threshold (progress measures).
         z: the interval's normal quantile.
+        carry: columns of `sums` kept after FIGURE_COLUMNS.
 
     Only broadcast joins: the rows keep their partitioning.
     """
@@ -238,13 +240,13 @@ def figures_from_sums(sums: DataFrame, sds: DataFrame, nationals: DataFrame, thr
     figures = (
         sums.join(F.broadcast(sds), on="measure", how="left")
         .join(F.broadcast(nationals), on=["subgroup", "subgroup_value", "measure"], how="left")
-        .select(*FIGURE_KEY, "schools", "n", "weighted_pupils", score.alias("score"), half.alias("_half"), "national_score")
+        .select(*FIGURE_KEY, "schools", "n", "weighted_pupils", score.alias("score"), half.alias("_half"), "national_score", *carry)
         .withColumn("lower", F.col("score") - F.col("_half"))
         .withColumn("upper", F.col("score") + F.col("_half"))
     )
     # A measure without a threshold has no band: band() would call every figure "average".
     banded = F.when(threshold.isNotNull(), band(F.col("score"), F.col("lower"), F.col("upper"), threshold))
-    return figures.withColumn("band", banded).select(*FIGURE_COLUMNS)
+    return figures.withColumn("band", banded).select(*FIGURE_COLUMNS, *carry)
 
 
 def school_figures(school_scores: DataFrame, nationals: DataFrame) -> DataFrame:

@@ -201,7 +201,12 @@ def stage_rollup(release) -> None:
     ))
     values = pupils.pupil_measure_rows(wide, key_stage, DIMENSIONS)
     dimensions = {d: config.subgroups.values(d) for d in config.subgroups.dimensions}
-    cells = _materialised(release, "cells", aggregate.school_cells(values, dimensions, config.subgroups.measures[key_stage]))
+    # The school figures' suppression is decided as the cells are built, where the
+    # aggregation has put each school's cells together; decided on the figures, the rule's
+    # window would shuffle the ~2M school subgroup figures again.
+    cells = _materialised(release, "cells", suppression.withheld_reason(
+        aggregate.school_cells(values, dimensions, config.subgroups.measures[key_stage]), config.min_pupils, unit=("school_id",)
+    ))
 
     # Small frames left lazy are cheap to recompute from the checkpoints; a job each costs more.
     eligibility = aggregate.trust_eligibility(cells, context, config.trusts.min_schools)
@@ -212,14 +217,21 @@ def stage_rollup(release) -> None:
     last_year = history.earlier_partition(store, UNSUPPRESSED_MEASURES, year - 1, key_stage, config.history_data_stage)
     two_years_ago = history.earlier_partition(store, UNSUPPRESSED_MEASURES, year - 2, key_stage, config.history_data_stage)
 
-    def finished(name: str, figures: DataFrame) -> DataFrame:
-        return _materialised(release, name, suppression.with_suppression(history.with_trends(figures, last_year, two_years_ago, config.min_pupils), config.min_pupils))
+    def finished(name: str, figures: DataFrame, decided: bool = False) -> DataFrame:
+        """Figures with trends and suppression (`decided`: they carry withheld_reason()'s columns)."""
+        trended = history.with_trends(figures, last_year, two_years_ago, config.min_pupils)
+        if decided:
+            return _materialised(release, name, suppression.with_trend_suppression(trended))
+        return _materialised(release, name, suppression.with_suppression(trended, config.min_pupils))
 
     # Three parts: the levels above schools, the schools' own figures, and the schools'
     # subgroups (most of the rows: built from the cells without a shuffle).
     higher = finished("higher", aggregate.figures_from_sums(aggregate.higher_level_sums(placed), sds, nationals, thresholds, z))
     school_all = finished("school_all", aggregate.school_figures(scores, nationals))
-    school_subgroups = finished("school_subgroups", aggregate.figures_from_sums(aggregate.school_subgroup_sums(cells), sds, nationals, thresholds, z))
+    decision = ("suppression_reason", "suppressed")
+    school_subgroups = finished("school_subgroups", aggregate.figures_from_sums(
+        aggregate.school_subgroup_sums(cells, carry=decision), sds, nationals, thresholds, z, carry=decision
+    ), decided=True)
     headline = higher.unionByName(school_all)
     figures = headline.unionByName(school_subgroups)
     _record_counts(release, figures, key_stage)

@@ -35,18 +35,24 @@ SECONDARY = "secondary"
 EARLIER_YEAR_WITHHELD = "withheld_in_an_earlier_year"
 
 
-def withheld_reason(figures: DataFrame, min_pupils: int) -> DataFrame:
+def withheld_reason(figures: DataFrame, min_pupils: int, unit: tuple[str, ...] = ("level", "unit_id")) -> DataFrame:
     """Add suppression_reason and suppressed (the rule above) to unsuppressed figures.
 
     Args:
-        figures: one row per level, unit_id, subgroup, subgroup_value and measure, with n.
+        figures: one row per unit, subgroup, subgroup_value and measure, with n.
+        unit: the columns naming the unit: level and unit_id in figures; school_id in
+            school cells (valueadded.rollup.aggregate.school_cells), which the roll-up
+            marks as it builds them, where the aggregation has put each school's cells
+            together: the rule's window then needs no shuffle of its own.
     """
     minimum = F.lit(min_pupils)
     primary = F.col("n") < minimum
-    dimension = Window.partitionBy("level", "unit_id", "measure", "subgroup")
-    withheld_pupils = F.sum(F.when(primary, F.col("n")).otherwise(F.lit(0))).over(dimension)
-    # Shown values first, fewest pupils first: the value secondary suppression takes.
-    smallest_shown = F.row_number().over(dimension.orderBy(primary.asc(), F.col("n").asc(), F.col("subgroup_value").asc())) == 1
+    # Shown values first, fewest pupils first: the value secondary suppression takes. One
+    # ordering for both windows, so Spark sorts the rows once.
+    dimension = Window.partitionBy(*unit, "measure", "subgroup").orderBy(primary.asc(), F.col("n").asc(), F.col("subgroup_value").asc())
+    whole = dimension.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    withheld_pupils = F.sum(F.when(primary, F.col("n")).otherwise(F.lit(0))).over(whole)
+    smallest_shown = F.row_number().over(dimension) == 1
     secondary = (F.col("subgroup") != "all") & ~primary & (withheld_pupils > 0) & (withheld_pupils < minimum) & smallest_shown
     reason = F.when(primary, F.lit(BELOW_MINIMUM)).when(secondary, F.lit(SECONDARY))
     return figures.withColumn("suppression_reason", reason).withColumn("suppressed", F.col("suppression_reason").isNotNull())
@@ -58,7 +64,12 @@ def with_suppression(figures: DataFrame, min_pupils: int) -> DataFrame:
     Args:
         figures: as for withheld_reason(), with earlier_year_withheld (history.with_trends()).
     """
-    return withheld_reason(figures, min_pupils).withColumn(
+    return with_trend_suppression(withheld_reason(figures, min_pupils))
+
+
+def with_trend_suppression(figures: DataFrame) -> DataFrame:
+    """Add trend_suppression_reason to figures marked by withheld_reason() and with earlier_year_withheld."""
+    return figures.withColumn(
         "trend_suppression_reason", F.when(~F.col("suppressed") & F.col("earlier_year_withheld"), F.lit(EARLIER_YEAR_WITHHELD))
     )
 
