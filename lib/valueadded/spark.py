@@ -23,6 +23,9 @@ LOCAL_SETTINGS = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.adaptive.enabled": "true",
     "spark.driver.memory": "6g",
+    # The throughput collector: national releases ran 8-12% faster than with the default G1
+    # (same 6 GiB heap, 2 cores; README "Benchmark"). A local session's driver is its executor.
+    "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     "spark.sql.ansi.enabled": "true",
 }
 

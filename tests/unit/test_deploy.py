@@ -393,6 +393,7 @@ def test_wrapper_passes_release_options_to_the_entry_point_unchanged(fake_spark)
     parse_release(arguments[script + 1:])
     spark_options = arguments[:script]
     assert spark_options[spark_options.index("--master") + 1] == "local[2]"
+    assert "spark.driver.extraJavaOptions=-XX:+UseParallelGC" in spark_options
     # The key reaches spark-submit (and so the driver) in the environment, never as an argument.
     assert recorded(record, "environment") == ["local[2]", sys.executable, FAKE_PSEUDONYM_KEY]
     assert not any(FAKE_PSEUDONYM_KEY in argument for argument in arguments)
