@@ -31,3 +31,47 @@ def test_materialise_keeps_the_rows_cuts_the_plan_and_free_releases_them(spark):
     assert not (_persistent_ids(spark) & held)
     free(kept)  # freeing twice is harmless
     free(frame)  # so is freeing a frame that holds nothing
+
+
+def test_python_workers_of_a_local_session_import_pyspark_from_the_package_not_sparks_zips(spark):
+    """valueadded.spark_daemon: no task re-reads pyspark.zip's directory (about 8 s of CPU per national release)."""
+    import pyspark
+    from pyspark.sql import types as T
+
+    from valueadded.spark_daemon import is_spark_archive
+
+    @F.udf(T.ArrayType(T.StringType()))
+    def worker_path():
+        import sys
+
+        import pyspark as worker_pyspark
+
+        return [worker_pyspark.__file__, *sys.path]
+
+    assert spark.conf.get("spark.python.daemon.module") == "valueadded.spark_daemon"
+    found = spark.range(1).select(worker_path().alias("path")).first()["path"]
+    assert found[0] == pyspark.__file__
+    assert not [entry for entry in found[1:] if is_spark_archive(entry)]
+
+
+def test_spark_archives_leave_the_path_only_when_the_packages_are_installed(tmp_path):
+    from valueadded.spark_daemon import is_spark_archive, without_spark_archives
+
+    lib = "/opt/spark/python/lib"
+    archives = [f"{lib}/pyspark.zip", f"{lib}/py4j-0.10.9.9-src.zip"]
+    assert [is_spark_archive(entry) for entry in [*archives, f"{lib}/other.zip", "/srv/py4j-notes-src"]] == [True, True, False, False]
+    installed = tmp_path / "site-packages"
+    for package in ("pyspark", "py4j"):
+        (installed / package).mkdir(parents=True)
+        (installed / package / "__init__.py").write_text("")
+    assert without_spark_archives([*archives, str(installed), "/srv/app"]) == [str(installed), "/srv/app"]
+    # A Spark distribution whose workers have pyspark only from the zip keeps it.
+    only_zips = [*archives, str(tmp_path / "empty")]
+    assert without_spark_archives(only_zips) == only_zips
+
+
+def test_a_local_session_keeps_every_generated_class_of_a_release():
+    """A release generates about 550 classes: the cache must hold them for the next release to reuse."""
+    from valueadded.spark import LOCAL_SETTINGS
+
+    assert int(LOCAL_SETTINGS["spark.sql.codegen.cache.maxEntries"]) >= 1000
