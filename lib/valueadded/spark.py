@@ -58,7 +58,7 @@ def get_spark(master: str | None = None, shuffle_partitions: int = 8, app_name: 
     builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
     if master.startswith("local"):
         # Python workers on this machine import pyspark from the venv, not Spark's zips
-        # (valueadded.spark_daemon: about 8 s of CPU per national release).
+        # (valueadded.spark_daemon: 4-6 s less CPU per national release).
         builder = builder.config("spark.python.daemon.module", "valueadded.spark_daemon")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

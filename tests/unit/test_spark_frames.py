@@ -34,7 +34,7 @@ def test_materialise_keeps_the_rows_cuts_the_plan_and_free_releases_them(spark):
 
 
 def test_python_workers_of_a_local_session_import_pyspark_from_the_package_not_sparks_zips(spark):
-    """valueadded.spark_daemon: no task re-reads pyspark.zip's directory (about 8 s of CPU per national release)."""
+    """valueadded.spark_daemon: no task re-reads pyspark.zip's directory (4-6 s of CPU per national release)."""
     import pyspark
     from pyspark.sql import types as T
 
