@@ -38,8 +38,8 @@ def without_spark_archives(path: list[str]) -> list[str]:
 
 
 def main() -> None:
-    dropped = [entry for entry in sys.path if entry not in without_spark_archives(sys.path)]
-    for entry in dropped:
+    kept = without_spark_archives(sys.path)
+    for entry in [entry for entry in sys.path if entry not in kept]:
         sys.path.remove(entry)
         sys.path_importer_cache.pop(entry, None)
     from pyspark import daemon  # imported after the path change, so from the package

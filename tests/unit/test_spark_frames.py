@@ -1,4 +1,4 @@
-"""valueadded.spark.materialise and free: the same rows, a one-node plan, freed on request."""
+"""valueadded.spark: materialise and free (the same rows, a one-node plan, freed on request) and the local session's settings."""
 
 from __future__ import annotations
 
