@@ -17,6 +17,7 @@ sessions). Where the packages are found only in the zips, the path is left as it
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.machinery import PathFinder
 
@@ -25,7 +26,7 @@ NEEDED = ("pyspark", "py4j")
 
 def is_spark_archive(entry: str) -> bool:
     """True for the pyspark and py4j zips that Spark puts on its Python workers' path."""
-    name = entry.rsplit("/", 1)[-1]
+    name = os.path.basename(entry)
     return name == "pyspark.zip" or (name.startswith("py4j-") and name.endswith("-src.zip"))
 
 

@@ -70,8 +70,6 @@ def test_spark_archives_leave_the_path_only_when_the_packages_are_installed(tmp_
     assert without_spark_archives(only_zips) == only_zips
 
 
-def test_a_local_session_keeps_every_generated_class_of_a_release():
-    """A release generates about 550 classes: the cache must hold them for the next release to reuse."""
-    from valueadded.spark import LOCAL_SETTINGS
-
-    assert int(LOCAL_SETTINGS["spark.sql.codegen.cache.maxEntries"]) >= 1000
+def test_a_local_session_keeps_every_generated_class_of_a_release(spark):
+    """A release generates about 550 classes: the session's cache must hold them for the next release to reuse."""
+    assert int(spark.conf.get("spark.sql.codegen.cache.maxEntries")) >= 1000
