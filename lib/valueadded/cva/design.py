@@ -41,6 +41,7 @@ from pyspark.sql import types as T
 from valueadded.config import ConfigError
 from valueadded.cva.spec import ModelSpec, NominalScores, OutcomeSpec, PriorSpec
 from valueadded.io.schemas import A8_SLOT_COLUMNS
+from valueadded.measures.prior_attainment import code_points
 
 PRIOR_APS = "cva_prior_aps"
 OUTCOME = "cva_outcome"
@@ -60,15 +61,6 @@ def design_column(term: str) -> str:
     return f"{DESIGN_PREFIX}{term}"
 
 
-def _lookup(column: Column, mapping: Mapping[str, float]) -> Column:
-    """mapping[column] as a double; null for a code not in the mapping (or a null code)."""
-    expression = None
-    for code, value in mapping.items():
-        expression = (F.when(column == code, F.lit(float(value))) if expression is None
-                      else expression.when(column == code, F.lit(float(value))))
-    return expression.otherwise(F.lit(None).cast("double"))
-
-
 def ks2_test_score(prefix: str, subject: str, nominal: NominalScores) -> Column:
     """A KS2 test outcome as a score: the scaled score (S) or its nominal score (N, B); else null."""
     code = F.col(f"{prefix}{subject}_test_code")
@@ -77,8 +69,8 @@ def ks2_test_score(prefix: str, subject: str, nominal: NominalScores) -> Column:
     return (
         F.when(code == "S", F.col(f"{prefix}{subject}_scaled_score").cast("double"))
         .when(code == "N", F.lit(nominal.sat_no_scaled_score))
-        .when((code == "B") & (assessment == "BLW"), _lookup(pscale, nominal.below_pre_key_stage))
-        .when(code == "B", _lookup(assessment, nominal.pre_key_stage))
+        .when((code == "B") & (assessment == "BLW"), code_points(pscale, nominal.below_pre_key_stage))
+        .when(code == "B", code_points(assessment, nominal.pre_key_stage))
         .otherwise(F.lit(None).cast("double"))
     )
 
@@ -88,7 +80,7 @@ def prior_subject_points(prior: PriorSpec) -> dict[str, Column]:
     if prior.measure == "ks2_scaled_scores":
         return {s: ks2_test_score("ks2_", s, prior.nominal_scores) for s in prior.subjects}
     if prior.measure == "ks1_teacher_assessment":
-        return {s: _lookup(F.col(f"ks1_{s}"), prior.points) for s in prior.subjects}
+        return {s: code_points(F.col(f"ks1_{s}"), prior.points) for s in prior.subjects}
     if prior.measure == "subject_points":
         return {s: F.col(column).cast("double") for s, column in prior.columns.items()}
     raise ValueError(f"unknown prior attainment measure {prior.measure!r}")

@@ -25,15 +25,10 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from valueadded.measures.ks4_tables import KS4YearTables, NominalScores
+from valueadded.measures.prior_attainment import code_points
 
 KS2_SUBJECTS = ("reading", "maths")
 NO_PRIOR_ATTAINMENT = "no_prior_attainment"
-
-
-def _lookup(code: Column, table: dict[str, float]) -> Column:
-    """table[code] as a double; null for a code not in the table."""
-    mapping = F.create_map(*[item for key, value in sorted(table.items()) for item in (F.lit(key), F.lit(float(value)))])
-    return F.element_at(mapping, code)
 
 
 def ks2_subject_score(prefix: str, nominal: NominalScores) -> Column:
@@ -46,9 +41,9 @@ def ks2_subject_score(prefix: str, nominal: NominalScores) -> Column:
     sat_table = {assessment: nominal.sat_without_scaled_score for assessment in nominal.sat_without_scaled_score_ta}
     return (
         F.when(code == "S", F.col(f"{prefix}_scaled_score").cast("double"))
-        .when((code == "B") & (ta == "BLW"), _lookup(pscale, nominal.pscale))
-        .when(code == "B", _lookup(ta, nominal.pre_key_stage))
-        .when(code == "N", _lookup(ta, sat_table))
+        .when((code == "B") & (ta == "BLW"), code_points(pscale, nominal.pscale))
+        .when(code == "B", code_points(ta, nominal.pre_key_stage))
+        .when(code == "N", code_points(ta, sat_table))
     )
 
 
