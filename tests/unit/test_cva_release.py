@@ -191,3 +191,29 @@ def test_singular_mainstream_model_stops_the_release_naming_the_term(released, t
     before = pupils[pupils.key_stage == "ks4"].set_index("pupil_id")
     assert len(again) == len(before)
     np.testing.assert_allclose(again.cva_prediction.loc[before.index], before.cva_prediction, rtol=1e-9, atol=1e-9)
+
+
+def test_ks2_cva_frames_are_small_enough_for_the_jvm_to_compile(released, tmp_path, monkeypatch):
+    """Every frame the KS2 CVA stage computes gets generated code the JVM compiles.
+
+    HotSpot never compiles a method over 8,000 bytes of bytecode: it runs interpreted, for
+    every pupil. The prior attainment, outcome, design and predictions in one generated
+    method came to 10,000-17,000 bytes (about 3 s of the national KS2 release's CVA stage).
+    The size depends on the expressions, not on the rows, so the small cohort shows it.
+    """
+    from support.codegen import JVM_HUGE_METHOD_LIMIT, largest_generated_method
+    from valueadded.cva import stage
+
+    sizes: list[int] = []
+    materialise = stage.materialise
+
+    def measured(frame):
+        sizes.append(largest_generated_method(frame))
+        return materialise(frame)
+
+    monkeypatch.setattr(stage, "materialise", measured)
+    code = main(["release", "--input", str(released["root"] / "input"), "--output", str(tmp_path / "output"),
+                 "--year", str(YEAR), "--key-stage", "ks2", "--stage", DATA_STAGE])
+    assert code == 0
+    assert max(sizes) <= JVM_HUGE_METHOD_LIMIT, sizes
+    assert len(sizes) == 5  # per model (mainstream, special) its population and design; the enriched pupils

@@ -235,10 +235,15 @@ def stage_cva(release) -> None:
     school_rows: list[DataFrame] = []
     outcomes: list[ModelOutcome] = []
     for spec in specs:
-        scored = scored_population(base, spec)
-        # Not materialised: the gather reads it once, and the predictions, computed from it
-        # again as column expressions, go into the materialised `enriched` below.
-        design = model_design(scored, spec)
+        # Materialised in two steps, population then design: the prior attainment, the
+        # outcome and the categorical terms are long chains of comparisons. Computed in one
+        # generated method with the predictions, they made it too big for the JVM to
+        # compile (over 8,000 bytes of bytecode: it ran interpreted, for the gather and again
+        # for the predictions).
+        scored = materialise(scored_population(base, spec))
+        design = materialise(model_design(scored, spec))
+        release.frames[f"cva_scored_{spec.name}"] = scored
+        release.frames[f"cva_design_{spec.name}"] = design
         outcome = fit_model(design, spec, release.config.cva_empty_terms)
         outcomes.append(outcome)
         log.info("CVA model %s: %s, %d pupils in %d schools", spec.name, outcome.status, outcome.n_pupils, outcome.n_schools)
