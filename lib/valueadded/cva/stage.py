@@ -9,7 +9,9 @@ mainstream model, then the special schools model) it
    is not in the model (``cva_exclusion_reason`` no_prior_attainment / no_outcome; a pupil
    who is not included keeps their ``exclusion_reason``);
 3. builds the design in Spark, gathers the sufficient statistics in one pass and fits by
-   REML (valueadded.cva.fit);
+   REML (valueadded.cva.fit). The scored population and the design are each computed once
+   and kept (valueadded.spark.materialise): in one generated method with the predictions,
+   their expressions were too long for the JVM to compile;
 4. predicts every pupil in the model in four stages and takes their CVA score
    (valueadded.cva.apply), and the schools' shrunken CVA with 95% intervals.
 
