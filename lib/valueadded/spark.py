@@ -82,9 +82,8 @@ def materialise(frame: DataFrame) -> DataFrame:
     """The frame computed now, its rows held by the executors and its plan cut to one node.
 
     A release computes each of its big frames (the accepted inputs, the pupil table, the
-    long progress frame, each CVA model's population and design, the CVA-enriched pupils,
-    the roll-up's pupil values and cells) once and reads it several times, from one
-    partition per core (`partitions_per_core`).
+    long progress frame, the CVA-enriched pupils, the roll-up's pupil values and cells)
+    once and reads it several times, from one partition per core (`partitions_per_core`).
 
     This is a local checkpoint, not `persist()`. Spark's columnar cache encodes and
     compresses every column as it stores the rows: 3.0-4.6 s for the national KS2 pupil

@@ -9,9 +9,7 @@ mainstream model, then the special schools model) it
    is not in the model (``cva_exclusion_reason`` no_prior_attainment / no_outcome; a pupil
    who is not included keeps their ``exclusion_reason``);
 3. builds the design in Spark, gathers the sufficient statistics in one pass and fits by
-   REML (valueadded.cva.fit). The scored population and the design are each computed once
-   and kept (valueadded.spark.materialise): in one generated method with the predictions,
-   their expressions were too long for the JVM to compile;
+   REML (valueadded.cva.fit);
 4. predicts every pupil in the model in four stages and takes their CVA score
    (valueadded.cva.apply), and the schools' shrunken CVA with 95% intervals.
 
@@ -237,15 +235,10 @@ def stage_cva(release) -> None:
     school_rows: list[DataFrame] = []
     outcomes: list[ModelOutcome] = []
     for spec in specs:
-        # Materialised in two steps, population then design: the prior attainment, the
-        # outcome and the categorical terms are long chains of comparisons. Computed in one
-        # generated method with the predictions, they made it too big for the JVM to
-        # compile (over 8,000 bytes of bytecode: it ran interpreted, for the gather and again
-        # for the predictions).
-        scored = materialise(scored_population(base, spec))
-        design = materialise(model_design(scored, spec))
-        release.frames[f"cva_scored_{spec.name}"] = scored
-        release.frames[f"cva_design_{spec.name}"] = design
+        scored = scored_population(base, spec)
+        # Not materialised: the gather reads it once, and the predictions, computed from it
+        # again as column expressions, go into the materialised `enriched` below.
+        design = model_design(scored, spec)
         outcome = fit_model(design, spec, release.config.cva_empty_terms)
         outcomes.append(outcome)
         log.info("CVA model %s: %s, %d pupils in %d schools", spec.name, outcome.status, outcome.n_pupils, outcome.n_schools)
