@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from valueadded.measures import estimates
 from valueadded.measures.inclusion import subject_test_outcome, writing_outcome
-from valueadded.measures.ks2 import load_tables
+from valueadded.measures.ks2 import attainment_rows, load_tables
 from valueadded.measures.prior_attainment import ks1_start_point, prior_attainment_group
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios" / "ks2"
@@ -175,3 +175,38 @@ def test_pupils_tied_with_the_z_star_pupil_are_not_capped_whatever_the_partition
         assert {p for p, r in pupils.items() if r.capped} == {"g1p0"}
         for tied_pupil in ("g2p0", "g2p10"):
             assert pupils[tied_pupil].adjusted_progress == pupils[tied_pupil].progress
+
+
+def test_attainment_measures_worked_by_hand(spark):
+    """attainment.csv's pupils give attainment_expected.csv's school rows, and nothing else:
+    S2 has no average scaled score rows (no pupil with a scaled score)."""
+    rows = _rows("attainment.csv")
+    pupils = spark.createDataFrame(
+        [
+            (r["school_id"], r["included"] == "true", _score(r["reading_scaled_score"]), _score(r["maths_scaled_score"]), r["writing_ta"])
+            for r in rows
+        ],
+        "school_id string, included boolean, reading_scaled_score int, maths_scaled_score int, writing_ta string",
+    )
+    result = attainment_rows(pupils, TABLES)
+    got = {(r.school_id, r.measure): (r.n, r.score, r.lower, r.upper, r.band) for r in result.collect()}
+    expected = {
+        (r["school_id"], r["measure"]): (int(r["n"]), pytest.approx(float(r["score"])), None, None, None)
+        for r in _rows("attainment_expected.csv")
+    }
+    assert got == expected
+
+
+def test_attainment_measures_aggregate_the_pupils_once(spark):
+    """All ten measures come from one aggregation of the pupils: a union of one aggregation
+    per measure read the national pupils ten times (1.6-2.3 s against 0.3 s)."""
+    pupils = spark.createDataFrame(
+        [("S1", True, 100, 100, "EXS")],
+        "school_id string, included boolean, reading_scaled_score int, maths_scaled_score int, writing_ta string",
+    )
+    plan = attainment_rows(pupils, TABLES)._jdf.queryExecution().optimizedPlan().toString()  # noqa: SLF001
+    assert plan.count("Aggregate [") == 1, plan
+
+
+def _score(value: str) -> int | None:
+    return int(value) if value else None

@@ -173,24 +173,30 @@ def attainment_rows(pupils: DataFrame, tables: Ks2Tables) -> DataFrame:
         aggregates.append(F.count(scaled).alias(f"_n_scaled_{subject}"))
         aggregates.append(F.avg(scaled).alias(f"_avg_{subject}"))
     per_school = included.groupBy("school_id").agg(*aggregates)
+    # One row per school and measure from the one aggregation. A union of one select per
+    # measure would aggregate the pupils once per measure: Spark prunes each branch to the
+    # sums it uses, so the branches differ and none reuses another's (10 passes over the
+    # national pupils instead of one).
+    n_pupils = F.col("_n_pupils").cast("int")
+    entries = [
+        (f"{prefix}_{subject}", n_pupils, F.lit(100.0) * F.col(f"{column}_{subject}") / F.col("_n_pupils"))
+        for subject in ("reading", "writing", "maths", "rwm")
+        for prefix, column in (("pct_expected", "_exp"), ("pct_higher", "_high"))
+    ]
+    entries += [
+        (f"average_scaled_score_{subject}", F.col(f"_n_scaled_{subject}").cast("int"), F.col(f"_avg_{subject}"))
+        for subject in TEST_SUBJECTS
+    ]
+    row = F.explode(F.array(*(
+        F.struct(F.lit(measure).alias("measure"), n.alias("n"), score.cast("double").alias("score")) for measure, n, score in entries
+    )))
     null = F.lit(None).cast("double")
-    rows = []
-    for subject in ("reading", "writing", "maths", "rwm"):
-        for prefix, column in (("pct_expected", "_exp"), ("pct_higher", "_high")):
-            rows.append(per_school.select(
-                "school_id", F.lit(f"{prefix}_{subject}").alias("measure"), F.col("_n_pupils").cast("int").alias("n"),
-                (F.lit(100.0) * F.col(f"{column}_{subject}") / F.col("_n_pupils")).alias("score"),
-                null.alias("lower"), null.alias("upper"), F.lit(None).cast("string").alias("band"),
-            ))
-    for subject in TEST_SUBJECTS:
-        rows.append(per_school.where(F.col(f"_n_scaled_{subject}") > 0).select(
-            "school_id", F.lit(f"average_scaled_score_{subject}").alias("measure"), F.col(f"_n_scaled_{subject}").cast("int").alias("n"),
-            F.col(f"_avg_{subject}").alias("score"), null.alias("lower"), null.alias("upper"), F.lit(None).cast("string").alias("band"),
-        ))
-    result = rows[0]
-    for part in rows[1:]:
-        result = result.unionByName(part)
-    return result
+    return (
+        per_school.select("school_id", row.alias("_row"))
+        .where(F.col("_row.n") > 0)  # an average needs a pupil with a scaled score
+        .select("school_id", "_row.measure", "_row.n", "_row.score", null.alias("lower"), null.alias("upper"),
+                F.lit(None).cast("string").alias("band"))
+    )
 
 
 def stage_measures(release) -> None:
