@@ -22,6 +22,7 @@ from valueadded.config import load_release_config
 from valueadded.io.delta_store import TableStore
 from valueadded.io.schemas import UNSUPPRESSED_MEASURES
 from valueadded.rollup import aggregate, compare, history, identify, suppression, trusts
+from valueadded.rollup.pupils import value_column
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios" / "rollup"
 YEAR = 2024
@@ -93,11 +94,11 @@ def _trust_figures(spark):
     schools = _schools(spark, rows)
     school_trusts = trusts.school_trusts(membership, schools, YEAR, ROLLUP.trusts)
     context = schools.join(school_trusts, on="school_id", how="left")
-    values = spark.createDataFrame(
-        [(r["school_id"], MEASURE, float(v)) for r in rows for v in r["pupil_values"].split(";")],
-        "school_id string, measure string, value double",
+    pupils = spark.createDataFrame(
+        [(r["school_id"], float(v)) for r in rows for v in r["pupil_values"].split(";")],
+        f"school_id string, {value_column(MEASURE)} double",
     )
-    cells = aggregate.school_cells(values, {})
+    cells = aggregate.school_cells(pupils, (MEASURE,), {})
     eligibility = aggregate.trust_eligibility(cells, context, ROLLUP.trusts.min_schools)
     sums = aggregate.level_sums(cells, context, eligibility.where(F.col("eligible")).select("trust_id", "measure"))
     sds = spark.createDataFrame([(MEASURE, 2.0)], "measure string, national_sd double")
@@ -128,11 +129,11 @@ def test_trust_figures_are_time_weighted_and_need_three_counted_schools(spark):
 
 
 def test_school_cells_per_subgroup_value_and_only_for_the_configured_measures(spark):
-    values = spark.createDataFrame(
-        [("S1", MEASURE, 1.0, "yes"), ("S1", MEASURE, 3.0, "no"), ("S1", MEASURE, 5.0, "yes"), ("S1", "cva", 100.0, "yes")],
-        "school_id string, measure string, value double, disadvantaged string",
+    pupils = spark.createDataFrame(
+        [("S1", 1.0, None, "yes"), ("S1", 3.0, None, "no"), ("S1", 5.0, None, "yes"), ("S1", None, 100.0, "yes")],
+        f"school_id string, {value_column(MEASURE)} double, {value_column('cva')} double, disadvantaged string",
     )
-    cells = aggregate.school_cells(values, {"disadvantaged": ("yes", "no")}, subgroup_measures=(MEASURE,))
+    cells = aggregate.school_cells(pupils, (MEASURE, "cva"), {"disadvantaged": ("yes", "no")}, subgroup_measures=(MEASURE,))
     got = {(r.measure, r.subgroup, r.subgroup_value): (r.n, r.value_sum, r.value_sum_sq) for r in cells.collect()}
     assert got == {
         (MEASURE, "all", "all"): (3, 9.0, 35.0),
@@ -164,21 +165,22 @@ def test_suppression_at_5_and_6_pupils_and_secondary(spark):
 
 
 def test_school_cells_marked_as_built_get_the_figures_decisions_without_a_second_shuffle(spark):
-    """The release marks the school cells (unit school_id) where the aggregation built them:
+    """The release marks the school cells (unit school_id) where the aggregations built them:
     the decisions are the rule's on the figures (unit level and unit_id), and the rule's
-    window reuses the aggregation's shuffle."""
+    windows reuse the aggregations' shuffles (one for all pupils, one for the subgroups)."""
     # 40 schools of 1-40 pupils, in 4 sen values (X: one pupil each) and 2 genders.
-    values = spark.createDataFrame(
-        [(f"S{school:02d}", measure, float(pupil), "X" if pupil == 0 else ("N", "N", "N", "K", "K", "E")[pupil % 6],
+    pupils = spark.createDataFrame(
+        [(f"S{school:02d}", float(pupil), float(pupil), "X" if pupil == 0 else ("N", "N", "N", "K", "K", "E")[pupil % 6],
           ("F", "M", "M")[(pupil + school) % 3])
-         for school in range(1, 41) for pupil in range(school) for measure in (MEASURE, "cva")],
-        "school_id string, measure string, value double, sen string, gender string",
+         for school in range(1, 41) for pupil in range(school)],
+        f"school_id string, {value_column(MEASURE)} double, {value_column('cva')} double, sen string, gender string",
     )
     dimensions = {"sen": ("N", "K", "E", "X"), "gender": ("F", "M")}
-    cells = aggregate.school_cells(values, dimensions)
-    marked = suppression.withheld_reason(cells, ROLLUP.min_pupils, unit=("school_id",))
+    measures = (MEASURE, "cva")
+    cells = aggregate.school_cells(pupils, measures, dimensions)
+    marked = aggregate.marked_school_cells(pupils, measures, dimensions, None, ROLLUP.min_pupils)
     plan = marked._jdf.queryExecution().executedPlan().toString()  # noqa: SLF001
-    assert plan.count("Exchange") == 1 and "Exchange hashpartitioning(school_id" in plan, plan
+    assert plan.count("Exchange") == 2 and plan.count("Exchange hashpartitioning(school_id") == 2, plan
     key = ("unit_id", "measure", "subgroup", "subgroup_value")
     decision = ("suppression_reason", "suppressed")
     carried = {tuple(r[k] for k in key): (r.suppression_reason, r.suppressed)
@@ -188,6 +190,9 @@ def test_school_cells_marked_as_built_get_the_figures_decisions_without_a_second
     assert carried == on_figures
     reasons = [reason for reason, _ in carried.values()]
     assert reasons.count("below_minimum_pupils") > 20 and reasons.count("secondary") > 20 and reasons.count(None) > 20
+    all_pupils = [r for r in marked.collect() if r.subgroup == "all"]
+    assert len(all_pupils) == 80
+    assert all(r.suppression_reason == ("below_minimum_pupils" if r.n < ROLLUP.min_pupils else None) for r in all_pupils)
 
 
 def test_shown_withholds_figures_of_suppressed_rows_only(spark):

@@ -1,10 +1,10 @@
 """Roll pupil values up to schools, trusts, local authorities, regions and the nation.
 
 Every figure above a pupil is a weighted mean of pupil values, so it can be built from
-additive sums. The pupils are aggregated once, per school and measure, into *cells*: for
-all pupils and for each subgroup value, the number of pupils n and the sum of their
-values (and, for all pupils, the sum of squares). Every level is then a sum of its
-schools' cells:
+additive sums. The pupils are aggregated per school and measure into *cells*: for all
+pupils and for each subgroup value, the number of pupils n and the sum of their values
+(and, for all pupils, the sum of squares). Every level is then a sum of its schools'
+cells:
 
     score = sum(w x value_sum) / sum(w x n)
 
@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 
 from valueadded.measures.estimates import band
 from valueadded.rollup.measures import CVA, PROGRESS, Measure
+from valueadded.rollup.pupils import value_column
 
 ALL = "all"
 NATIONAL = "national"
@@ -35,12 +36,16 @@ FIGURE_KEY = ("level", "unit_id", "subgroup", "subgroup_value", "measure")
 SUM_COLUMNS = ("schools", "n", "weighted_pupils", "weighted_sq_pupils", "weighted_sum", "value_sum_sq")
 
 
-def school_cells(values: DataFrame, dimensions: dict[str, tuple[str, ...]], subgroup_measures: tuple[str, ...] | None = None) -> DataFrame:
+def school_cells(
+    wide: DataFrame, measures: tuple[str, ...], dimensions: dict[str, tuple[str, ...]], subgroup_measures: tuple[str, ...] | None = None
+) -> DataFrame:
     """One row per school, measure and subgroup value with pupils: the additive sums.
 
     Args:
-        values: one row per pupil per measure (school_id, measure, value and a column per
-            dimension: valueadded.rollup.pupils.pupil_measure_rows).
+        wide: one row per pupil: school_id, a value column per measure
+            (valueadded.rollup.pupils.value_column; null: the pupil is not in the measure)
+            and a column per dimension (valueadded.rollup.pupils.pupil_value_frame).
+        measures: the measures (names) to aggregate.
         dimensions: dimension -> its values (the subgroups to aggregate).
         subgroup_measures: the measures broken down by subgroup (None: every measure);
             the others get all-pupil cells only.
@@ -49,30 +54,99 @@ def school_cells(values: DataFrame, dimensions: dict[str, tuple[str, ...]], subg
         school_id, measure, subgroup, subgroup_value, n, value_sum, value_sum_sq (all
         pupils only); subgroup = subgroup_value = "all" for all pupils.
     """
-    broken_down = F.lit(True) if subgroup_measures is None else F.col("measure").isin(list(subgroup_measures))
-    cells = [(ALL, ALL, F.lit(True))]
-    cells += [
-        (dimension, value, broken_down & (F.col(dimension) == value)) for dimension, options in dimensions.items() for value in options
-    ]
-    aggregates = [F.sum(F.col("value") * F.col("value")).alias("_q")]
-    for index, (_, _, member) in enumerate(cells):
+    return _all_pupil_cells(wide, measures).unionByName(_subgroup_cells(wide, measures, dimensions, subgroup_measures))
+
+
+def marked_school_cells(
+    wide: DataFrame,
+    measures: tuple[str, ...],
+    dimensions: dict[str, tuple[str, ...]],
+    subgroup_measures: tuple[str, ...] | None,
+    min_pupils: int,
+) -> DataFrame:
+    """school_cells() with the suppression rule's decision on each cell
+    (valueadded.rollup.suppression.withheld_reason, unit school_id).
+
+    The all-pupil cells and the subgroup cells come from two aggregations, one grouped by
+    school and one by school and measure; each part is marked where its aggregation put a
+    school's cells together, so the rule's window needs no shuffle of its own. (Marked
+    after a union, the cells would be shuffled again: a union keeps no partitioning.)
+    """
+    from valueadded.rollup.suppression import withheld_reason  # here: suppression imports the schemas
+
+    all_pupils = withheld_reason(_all_pupil_cells(wide, measures), min_pupils, unit=("school_id",))
+    subgroups = withheld_reason(_subgroup_cells(wide, measures, dimensions, subgroup_measures), min_pupils, unit=("school_id",))
+    return all_pupils.unionByName(subgroups)
+
+
+def _all_pupil_cells(wide: DataFrame, measures: tuple[str, ...]) -> DataFrame:
+    """Every measure's all-pupil cell of each school, from one aggregation of the pupils."""
+    aggregates = []
+    for index, measure in enumerate(measures):
+        value = F.col(value_column(measure))
+        aggregates += [F.count(value).alias(f"_n{index}"), F.sum(value).alias(f"_s{index}"), F.sum(value * value).alias(f"_q{index}")]
+    cells = F.explode(F.array(*(
+        F.struct(
+            F.lit(measure).alias("measure"),
+            F.col(f"_n{index}").cast("int").alias("n"),
+            F.col(f"_s{index}").alias("value_sum"),
+            F.col(f"_q{index}").alias("value_sum_sq"),
+        )
+        for index, measure in enumerate(measures)
+    )))
+    return (
+        wide.groupBy("school_id").agg(*aggregates)
+        .select("school_id", cells.alias("cell"))
+        .where(F.col("cell.n") > 0)
+        .select("school_id", "cell.measure", F.lit(ALL).alias("subgroup"), F.lit(ALL).alias("subgroup_value"),
+                "cell.n", "cell.value_sum", "cell.value_sum_sq")
+    )
+
+
+def _subgroup_cells(
+    wide: DataFrame, measures: tuple[str, ...], dimensions: dict[str, tuple[str, ...]], subgroup_measures: tuple[str, ...] | None
+) -> DataFrame:
+    """The subgroup cells of the measures broken down by subgroup.
+
+    One row per pupil and measure (only those measures: 6 of the 14 KS2 measures by
+    default), aggregated per school and measure with a count and a sum per subgroup value.
+    """
+    broken_down = [m for m in measures if subgroup_measures is None or m in subgroup_measures]
+    columns = ["school_id", "measure", "subgroup", "subgroup_value", "n", "value_sum", "value_sum_sq"]
+    cells = [(dimension, value) for dimension, options in dimensions.items() for value in options]
+    if not broken_down or not cells:
+        return wide.sparkSession.createDataFrame(
+            [], "school_id string, measure string, subgroup string, subgroup_value string, n int, value_sum double, value_sum_sq double"
+        )
+    entries = F.explode(F.array(*(
+        F.struct(F.lit(m).alias("measure"), F.col(value_column(m)).alias("value")) for m in broken_down
+    )))
+    values = (
+        wide.select("school_id", *dimensions, entries.alias("entry"))
+        .where(F.col("entry.value").isNotNull())
+        .select("school_id", F.col("entry.measure").alias("measure"), F.col("entry.value").alias("value"), *dimensions)
+    )
+    aggregates = []
+    for index, (dimension, value) in enumerate(cells):
+        member = F.col(dimension) == value
         aggregates.append(F.count(F.when(member, F.lit(1))).alias(f"_n{index}"))
         aggregates.append(F.sum(F.when(member, F.col("value"))).alias(f"_s{index}"))
-    wide = values.groupBy("school_id", "measure").agg(*aggregates)
-    entries = F.explode(F.array(*(
+    rows = F.explode(F.array(*(
         F.struct(
-            F.lit(subgroup).alias("subgroup"),
+            F.lit(dimension).alias("subgroup"),
             F.lit(value).alias("subgroup_value"),
             F.col(f"_n{index}").cast("int").alias("n"),
             F.col(f"_s{index}").alias("value_sum"),
-            (F.col("_q") if index == 0 else F.lit(None).cast("double")).alias("value_sum_sq"),
+            F.lit(None).cast("double").alias("value_sum_sq"),
         )
-        for index, (subgroup, value, _) in enumerate(cells)
+        for index, (dimension, value) in enumerate(cells)
     )))
     return (
-        wide.select("school_id", "measure", entries.alias("cell"))
+        values.groupBy("school_id", "measure").agg(*aggregates)
+        .select("school_id", "measure", rows.alias("cell"))
         .where(F.col("cell.n") > 0)
         .select("school_id", "measure", "cell.*")
+        .select(*columns)
     )
 
 

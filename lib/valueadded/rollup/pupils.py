@@ -177,17 +177,3 @@ def drill_down_rows(wide: DataFrame, columns: list[str]) -> DataFrame:
         else F.lit(None).cast("double").alias(name)
         for name in columns
     ), *carried_pseudonyms(wide))
-
-
-def pupil_measure_rows(wide: DataFrame, key_stage: str, dimensions: tuple[str, ...]) -> DataFrame:
-    """One row per pupil per measure the pupil has a value in (the cells' input)."""
-    entries = F.explode(F.array(*(
-        F.struct(F.lit(m.name).alias("measure"), F.col(value_column(m.name)).alias("value"))
-        for m in MEASURES[key_stage]
-    )))
-    exploded = wide.select(*PUPIL_CONTEXT, "trust_weight", *dimensions, entries.alias("entry"))
-    return exploded.where(F.col("entry.value").isNotNull()).select(
-        "pupil_id", "school_id", F.col("entry.measure").alias("measure"), F.col("entry.value").alias("value"),
-        "trust_id", "trust_weight", "la_code", "region_code", *dimensions,
-    )
-

@@ -50,8 +50,8 @@ from valueadded.io.schemas import (
     TableSchema,
 )
 from valueadded.rollup import aggregate, compare, history, identify, pupils, suppression, trusts
-from valueadded.rollup.config import DIMENSIONS, RollupConfig
-from valueadded.rollup.measures import ATTAINMENT, MEASURES, measures_of_kind, progress_measure_name
+from valueadded.rollup.config import RollupConfig
+from valueadded.rollup.measures import ATTAINMENT, MEASURES, measure_names, measures_of_kind, progress_measure_name
 from valueadded.spark import materialise
 
 log = logging.getLogger(__name__)
@@ -199,13 +199,12 @@ def stage_rollup(release) -> None:
         release.frames["pupils"], pupils.progress_by_pupil(progress, key_stage), context, key_stage,
         config.subgroups, attainment_values(key_stage, year), centres,
     ))
-    values = pupils.pupil_measure_rows(wide, key_stage, DIMENSIONS)
     dimensions = {d: config.subgroups.values(d) for d in config.subgroups.dimensions}
     # The school figures' suppression is decided as the cells are built, where the
     # aggregation has put each school's cells together; decided on the figures, the rule's
     # window would shuffle the ~2M school subgroup figures again.
-    cells = _materialised(release, "cells", suppression.withheld_reason(
-        aggregate.school_cells(values, dimensions, config.subgroups.measures[key_stage]), config.min_pupils, unit=("school_id",)
+    cells = _materialised(release, "cells", aggregate.marked_school_cells(
+        wide, measure_names(key_stage), dimensions, config.subgroups.measures[key_stage], config.min_pupils
     ))
 
     # Small frames left lazy are cheap to recompute from the checkpoints; a job each costs more.

@@ -41,7 +41,7 @@ def withheld_reason(figures: DataFrame, min_pupils: int, unit: tuple[str, ...] =
     Args:
         figures: one row per unit, subgroup, subgroup_value and measure, with n.
         unit: the columns naming the unit: level and unit_id in figures; school_id in
-            school cells (valueadded.rollup.aggregate.school_cells), which the roll-up
+            school cells (valueadded.rollup.aggregate.marked_school_cells), which the roll-up
             marks as it builds them, where the aggregation has put each school's cells
             together: the rule's window then needs no shuffle of its own.
     """
