@@ -112,7 +112,6 @@ def _subgroup_cells(
     default), aggregated per school and measure with a count and a sum per subgroup value.
     """
     broken_down = [m for m in measures if subgroup_measures is None or m in subgroup_measures]
-    columns = ["school_id", "measure", "subgroup", "subgroup_value", "n", "value_sum", "value_sum_sq"]
     cells = [(dimension, value) for dimension, options in dimensions.items() for value in options]
     if not broken_down or not cells:
         return wide.sparkSession.createDataFrame(
@@ -146,7 +145,6 @@ def _subgroup_cells(
         .select("school_id", "measure", rows.alias("cell"))
         .where(F.col("cell.n") > 0)
         .select("school_id", "measure", "cell.*")
-        .select(*columns)
     )
 
 
