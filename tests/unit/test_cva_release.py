@@ -193,8 +193,6 @@ def test_singular_mainstream_model_stops_the_release_naming_the_term(released, t
     np.testing.assert_allclose(again.cva_prediction.loc[before.index], before.cva_prediction, rtol=1e-9, atol=1e-9)
 
 
-
-
 def test_ks2_cva_gather_runs_compiled_code(spark, released, tmp_path, monkeypatch):
     """The frame each KS2 model's gather hands to Python gets generated code the JVM compiles.
 
