@@ -96,7 +96,8 @@ def with_attainment_and_prior(pupils: DataFrame, tables: KS4YearTables) -> DataF
     attainment_8 = elements["english"] + elements["maths"] + elements["ebacc"] + elements["open"]
     return (
         pupils.withColumn("prior_attainment", prior)
-        .withColumn("prior_attainment_group", prior_attainment_group(F.col("prior_attainment"), tables.prior_attainment_groups))
+        .withColumn("prior_attainment_group", prior_attainment_group(
+            F.col("prior_attainment"), tables.prior_attainment_groups, tables.prior_attainment_step))
         .select(
             "*",
             *(points.cast("double").alias(f"{element}_element") for element, points in elements.items()),
@@ -205,7 +206,9 @@ def stage_measures(release) -> None:
     """
     tables = load_ks4_tables(release.year)
     base = release.frames["pupils"]
-    pupils = with_attainment_and_prior(base, tables)
+    # Computed once: the long frame, the CVA stage (three passes, one per model and one for
+    # the pupils outside both) and pupil_results read it.
+    pupils = materialise(with_attainment_and_prior(base, tables))
     release.frames["pupil_table"] = base  # still materialised: kept so the run frees it
     release.frames["pupils"] = pupils
     release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names, *carried_pseudonyms(pupils)))

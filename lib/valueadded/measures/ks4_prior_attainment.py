@@ -21,6 +21,8 @@ only matters for a fractional nominal score: 105 and 106 give 105.5, 104 and 105
 
 from __future__ import annotations
 
+import math
+
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
@@ -54,9 +56,19 @@ def ks2_prior_attainment(tables: KS4YearTables) -> Column:
     return (F.floor((reading + maths) / 2 / step) * step).cast("double")
 
 
-def prior_attainment_group(prior: Column, groups: tuple[tuple[float, float], ...]) -> Column:
-    """The number (1-based) of the group whose [lowest, highest] range holds `prior`; null otherwise."""
-    group = F.lit(None).cast("int")
-    for number, (lowest, highest) in reversed(list(enumerate(groups, start=1))):
-        group = F.when(prior.between(F.lit(lowest), F.lit(highest)), F.lit(number)).otherwise(group)
-    return group
+def prior_attainment_group(prior: Column, groups: tuple[tuple[float, float], ...], step: float) -> Column:
+    """The number (1-based) of the group whose [lowest, highest] range holds `prior`; null otherwise.
+
+    `prior` is a multiple of `step`, as ks2_prior_attainment makes it. Every multiple in the
+    table's span gets its group here, in Python, with the same comparisons, and the pupil's
+    group is one lookup of that table: a branch per group (34 in 2024) made the generated
+    code of the KS4 pupils too long for HotSpot to compile (over 8,000 bytes of bytecode).
+    """
+    numbers = {}
+    for k in range(math.floor(groups[0][0] / step) - 1, math.ceil(groups[-1][1] / step) + 2):
+        value = float(k) * step  # the double ks2_prior_attainment computes for this multiple
+        number = next((n for n, (lowest, highest) in enumerate(groups, start=1) if lowest <= value <= highest), None)
+        if number is not None:
+            numbers[value] = number
+    table = F.create_map(*[item for value, number in numbers.items() for item in (F.lit(value), F.lit(number))])
+    return F.element_at(table, prior)
