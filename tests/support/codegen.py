@@ -11,11 +11,24 @@ from pyspark.sql import DataFrame
 JVM_HUGE_METHOD_LIMIT = 8000
 
 
-def largest_generated_method(frame: DataFrame) -> int:
-    """Bytes of bytecode of the largest method Spark generates for the frame (0: none).
+def generated_method_sizes(frame: DataFrame) -> list[int]:
+    """Bytes of bytecode of the largest method of each whole-stage subtree Spark generates for
+    the frame: the figures `frame.explain("codegen")` prints as maxMethodCodeSize.
 
-    The same figure `frame.explain("codegen")` prints as maxMethodCodeSize per subtree.
+    Planned with adaptive execution off: with it on, a plan with an exchange shows no
+    subtrees until it runs. The code of each subtree is the same either way.
     """
-    query = frame._jdf.queryExecution()  # noqa: SLF001
-    text = frame.sparkSession._jvm.PythonSQLUtils.explainString(query, "codegen")  # noqa: SLF001
-    return max((int(size) for size in re.findall(r"maxMethodCodeSize:(\d+)", text)), default=0)
+    spark = frame.sparkSession
+    adaptive = spark.conf.get("spark.sql.adaptive.enabled")
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    try:
+        query = frame.select("*")._jdf.queryExecution()  # noqa: SLF001  (a new plan, planned now)
+        text = spark._jvm.PythonSQLUtils.explainString(query, "codegen")  # noqa: SLF001
+    finally:
+        spark.conf.set("spark.sql.adaptive.enabled", adaptive)
+    return [int(size) for size in re.findall(r"maxMethodCodeSize:(\d+)", text)]
+
+
+def largest_generated_method(frame: DataFrame) -> int:
+    """The largest of `generated_method_sizes` (0: no generated code)."""
+    return max(generated_method_sizes(frame), default=0)

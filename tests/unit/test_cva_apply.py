@@ -90,6 +90,52 @@ def test_ready_reckoner_lines_from_the_2006_coefficients(spark, spec_2006):
     assert predicted[RESIDUAL] == pytest.approx(350.0 - stages["prediction"], rel=1e-12)
 
 
+# Categoricals with several codes per level, interactions with a categorical on either side.
+MODEL_CATEGORICAL = {
+    **MODEL_2006,
+    "name": "categorical_blocks",
+    "categorical": [
+        {"name": "sen", "column": "sen", "reference": ["N"], "levels": {"sen_support": ["K"], "sen_plan": ["E"]}},
+        {"name": "ethnicity", "column": "ethnicity", "reference": ["WBRI"], "levels": {
+            "white_other": ["WIRI", "WIRT", "WOTH", "WROM"], "mixed": ["MWBC", "MWBA", "MWAS", "MOTH"],
+            "asian": ["AIND", "APKN", "ABAN", "AOTH", "CHNE"], "black": ["BCRB", "BAFR", "BOTH"], "other": ["OOTH", "UNCL"]}},
+    ],
+    "interactions": [["fsm", "ethnicity"], ["sen", "idaci"], ["fsm", "idaci"]],
+}
+ETHNICITIES = ["WBRI", "WIRI", "WIRT", "WOTH", "WROM", "MWBC", "MWBA", "MWAS", "MOTH", "AIND", "APKN", "ABAN", "AOTH",
+               "CHNE", "BCRB", "BAFR", "BOTH", "OOTH", "UNCL"]
+
+
+def test_categorical_terms_as_lookups_give_the_same_predictions(spark, tmp_path):
+    """predict() with the spec looks each categorical's coefficient up by code; the numbers
+    are those of one product per indicator term, to the last bit, a dropped term included."""
+    path = tmp_path / "categorical_blocks.yaml"
+    path.write_text(yaml.safe_dump(MODEL_CATEGORICAL))
+    spec = load_model_spec(path)
+    rng = np.random.default_rng(11)
+    rows = [
+        (f"P{k}", "S1", float(rng.uniform(5, 40)), float(rng.uniform(5, 40)), float(rng.uniform(5, 40)),
+         float(rng.uniform(100, 500)), bool(k % 2), float(rng.uniform(0, 1)), bool(k % 3 == 0), sen, ethnicity)
+        for k, (sen, ethnicity) in enumerate((s, e) for s in ("N", "K", "E") for e in ETHNICITIES)
+    ]
+    pupils = spark.createDataFrame(rows, "pupil_id string, school_id string, ks2_english_points double, "
+                                   "ks2_maths_points double, ks2_science_points double, capped_best8 double, fsm boolean, "
+                                   "idaci double, ever_in_care boolean, sen string, ethnicity string")
+    design = with_design(with_prior_and_outcome(pupils, spec), spec)
+    coefficients = {term: float(rng.normal(0, 10)) for term in spec.term_names}
+    for dropped in ("mixed", "fsm_x_black", "sen_plan_x_idaci"):  # as cva_empty_terms: drop leaves them out
+        coefficients.pop(dropped)
+    assert {"fsm_x_white_other", "sen_support_x_idaci", "fsm_x_idaci"} <= set(coefficients)
+
+    def predicted(**spec_argument):
+        frame = predict(design, coefficients, spec.stage_of, (-1e9, 1e9), **spec_argument)
+        return frame.select("pupil_id", *COMPONENT_COLUMNS.values(), RESIDUAL).toPandas().set_index("pupil_id").sort_index()
+
+    by_term, by_lookup = predicted(), predicted(spec=spec)
+    assert len(by_term) == 3 * 19 and by_term.notna().all().all()
+    np.testing.assert_array_equal(by_lookup.to_numpy(), by_term.to_numpy())
+
+
 STAGE_OF = {"intercept": "prior_attainment", "aps": "prior_attainment", "fsm": "characteristics", "school_mean": "school_level"}
 COEFS = {"intercept": 10.0, "aps": 0.5, "fsm": -4.0, "school_mean": 0.25}
 

@@ -181,14 +181,15 @@ def term_expressions(spec: ModelSpec) -> dict[str, Column]:
     return {t: terms[t] for t in spec.term_names if t != "intercept"}
 
 
-def with_design(frame: DataFrame, spec: ModelSpec, group: str = "school_id") -> DataFrame:
+def with_design(frame: DataFrame, spec: ModelSpec, group: str = "school_id", school_rows: DataFrame | None = None) -> DataFrame:
     """Add one ``cva_x_<term>`` double column per non-intercept term of the spec.
 
-    `frame` is one row per pupil in the model (from :func:`with_prior_and_outcome`, filtered
-    to the model's pupils); the school-level terms are computed over exactly these rows.
+    `frame` is one row per pupil (from :func:`with_prior_and_outcome`). The school-level
+    terms are computed over `school_rows`, the pupils in the model: by default the frame's
+    own rows, which is right when the frame holds exactly the model's pupils.
     """
     if spec.school_terms:
-        school = frame.groupBy(group).agg(
+        school = (frame if school_rows is None else school_rows).groupBy(group).agg(
             F.avg(PRIOR_APS).alias(_SCHOOL_MEAN), F.stddev_pop(PRIOR_APS).alias(_SCHOOL_SD)
         )
         frame = frame.join(F.broadcast(school), on=group, how="left")

@@ -42,7 +42,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from valueadded.config import REPO_CONF_DIR
-from valueadded.cva.apply import predict, shrunken_school_scores
+from valueadded.cva.apply import COMPONENT_COLUMNS, RESIDUAL, predict, shrunken_school_scores
 from valueadded.cva.design import OUTCOME, PRIOR_APS, design_column, with_design, with_prior_and_outcome
 from valueadded.cva.fit import NoRowsError, RandomInterceptFit, fit_statistics, gather_statistics
 from valueadded.cva.reml import RemlError, SingularDesignError, TooFewGroupsError
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 MODEL_FILES = {"ks2": ("ks2_mainstream.yaml", "special.yaml"), "ks4": ("ks4_mainstream.yaml", "special.yaml")}
 MEASURE = "cva"
 GROUP = "school_id"
+PUPIL_KEY = "pupil_id"
 STATE_FUNDED = "state_funded"
 CVA_COLUMN_NAMES = tuple(c.name for c in CVA_PUPIL_COLUMNS)
 DROPPED_NOTE = "dropped, no pupil in the model has them (cva_empty_terms: drop): "
@@ -137,6 +138,23 @@ def model_design(scored: DataFrame, spec: ModelSpec) -> DataFrame:
     """One row per pupil in the model with a ``cva_x_<term>`` column per term, from
     :func:`scored_population`; the school-level terms describe exactly these pupils."""
     return with_design(scored.where(F.col("cva_exclusion_reason").isNull()), spec, GROUP)
+
+
+def predicted_population(scored: DataFrame, spec: ModelSpec, coefficients: dict[str, float]) -> DataFrame:
+    """The model's population (from :func:`scored_population`) with its CVA columns.
+
+    The pupils in the model get the model's name and their predictions; the others keep
+    their ``cva_exclusion_reason`` and ``cva_outcome`` and get nulls. Both come from one pass
+    over the population: prior attainment and outcome are scored once per pupil, not once
+    to choose the pupils and again to predict.
+    """
+    in_model = F.col("cva_exclusion_reason").isNull()
+    designed = with_design(scored, spec, GROUP, school_rows=scored.where(in_model))
+    predicted = predict(designed, coefficients, spec.stage_of, spec.outcome.valid_range, spec)
+    return predicted.withColumns({
+        **{name: F.when(in_model, F.col(name)) for name in (*COMPONENT_COLUMNS.values(), RESIDUAL)},
+        "cva_model": F.when(in_model, F.lit(spec.name)),
+    })
 
 
 def fit_model_spec(pupils: DataFrame, spec: ModelSpec, empty_terms: str = "stop") -> ModelOutcome:
@@ -243,17 +261,13 @@ def stage_cva(release) -> None:
         outcomes.append(outcome)
         log.info("CVA model %s: %s, %d pupils in %d schools", spec.name, outcome.status, outcome.n_pupils, outcome.n_schools)
 
-        # The design's outcome column is pupil_results' cva_outcome: kept wherever it is known.
-        out = scored.where(F.col("cva_exclusion_reason").isNotNull())
-        parts.append(_null_cva(out, keep=("cva_exclusion_reason", OUTCOME)))
         if outcome.fit is None:
+            # The design's outcome column is pupil_results' cva_outcome: kept wherever it is known.
+            out = scored.where(F.col("cva_exclusion_reason").isNotNull())
+            parts.append(_null_cva(out, keep=("cva_exclusion_reason", OUTCOME)))
             parts.append(_null_cva(design, keep=(OUTCOME,)).withColumn("cva_exclusion_reason", F.lit("model_not_fitted")))
             continue
-        coefficients = outcome.fit.coefficients["estimate"].to_dict()
-        predicted = predict(design, coefficients, spec.stage_of, spec.outcome.valid_range).withColumns(
-            {"cva_model": F.lit(spec.name), "cva_exclusion_reason": F.lit(None).cast("string")}
-        )
-        parts.append(predicted)
+        parts.append(predicted_population(scored, spec, outcome.fit.coefficients["estimate"].to_dict()))
 
     covered = None
     for spec in specs:
@@ -263,10 +277,14 @@ def stage_cva(release) -> None:
         "cva_exclusion_reason", F.coalesce(F.col("exclusion_reason"), F.lit("no_cva_model"))
     ))
 
-    enriched = parts[0].select(*columns)
+    # Each pupil's CVA columns, joined to the pupil's row. A union of the wide parts would
+    # be cheaper to plan but not to keep: materialise() groups partitions by count, so the
+    # union of a large and a small population came out as one partition of 640,522 pupils
+    # and one of 20,253, and every later pass over the pupils ran on one core.
+    cva = parts[0].select(PUPIL_KEY, *CVA_COLUMN_NAMES)
     for part in parts[1:]:
-        enriched = enriched.unionByName(part.select(*columns))
-    enriched = materialise(enriched)
+        cva = cva.unionByName(part.select(PUPIL_KEY, *CVA_COLUMN_NAMES))
+    enriched = materialise(base.join(F.broadcast(cva), on=PUPIL_KEY, how="left").select(*columns))
     _check_rows(release, pupils, enriched, outcomes)
 
     # School scores from the materialised enriched frame, so the predictions are computed once.
@@ -323,3 +341,6 @@ def _check_rows(release, pupils: DataFrame, enriched: DataFrame, outcomes: list[
     }
     if rows_in != rows_out:
         raise RuntimeError(f"CVA stage changed the number of pupil rows: {rows_in} in, {rows_out} out")
+    # Every pupil is in a model or has a reason: a row with neither found no CVA row to join.
+    if by_group.get((None, None)):
+        raise RuntimeError(f"CVA stage: {by_group[(None, None)]} pupil(s) got no CVA row")
