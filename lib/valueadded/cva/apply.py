@@ -192,6 +192,11 @@ def predict(
     The same arithmetic as :func:`stage_components`, as Spark column expressions: a
     prediction is a few dozen multiply-adds per pupil, which Spark's generated code does
     in place, where a pandas UDF would ship every design column to Python and back.
+
+    Args:
+        spec: the model the coefficients are of. With it, each categorical's terms are one
+            lookup of the pupil's code (:func:`contributions`): the same numbers, and far
+            less generated code; the frame must then hold the categoricals' code columns.
     """
     _check_stages(stage_of)
     coefficients = {t: float(v) for t, v in coefficients.items()}
