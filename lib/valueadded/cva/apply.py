@@ -37,6 +37,7 @@ from pyspark.sql import functions as F
 
 from valueadded.cva.design import OUTCOME, design_column
 from valueadded.cva.spec import STAGES
+from valueadded.measures.prior_attainment import code_points
 
 if TYPE_CHECKING:
     from valueadded.cva.spec import ModelSpec
@@ -119,8 +120,7 @@ def _check_stages(stage_of: Mapping[str, str]) -> None:
 
 def _code_lookup(code: Column, values: Mapping[str, float]) -> Column:
     """The value of the pupil's code (0.0 for a code not listed; null for a null code)."""
-    table = F.create_map(*[item for key, value in sorted(values.items()) for item in (F.lit(key), F.lit(float(value)))])
-    return F.when(code.isNotNull(), F.coalesce(F.element_at(table, code), F.lit(0.0)))
+    return F.when(code.isNotNull(), F.coalesce(code_points(code, dict(values)), F.lit(0.0)))
 
 
 def contributions(coefficients: Mapping[str, float], spec: "ModelSpec | None" = None) -> list[tuple[str, Column]]:
