@@ -33,7 +33,12 @@ IDACI_RANGE = (0.0, 1.0)
 
 @dataclass(frozen=True)
 class RowRule:
-    """One row rule: its reason code, what it checks, and when a row breaks it."""
+    """One row rule: its reason code, what it checks, and when a row breaks it.
+
+    `broken` is true when the row breaks the rule. Where it is null (SQL's answer for a
+    comparison with an empty value) the rule is not broken: an empty value is the
+    missing_value rules' business, so the other rules need no null guards of their own.
+    """
 
     reason: str
     description: str
@@ -73,7 +78,9 @@ def code_rule(column: str, allowed: tuple[str, ...]) -> RowRule:
     return RowRule(
         f"unknown_code.{column}",
         f"{column} must be one of the configured codes ({len(allowed)} values)",
-        lambda: _col(column).isNotNull() & ~_col(column).isin(list(allowed)),
+        # A lookup in one array rather than `isin`, which generates a branch per code:
+        # a results row has a dozen such rules in code that must stay compact (apply_rules).
+        lambda: ~F.array_contains(F.array(*[F.lit(code) for code in allowed]), _col(column)),
     )
 
 
@@ -81,7 +88,7 @@ def range_rule(column: str, low: float, high: float) -> RowRule:
     return RowRule(
         f"out_of_range.{column}",
         f"{column} must be from {low} to {high}",
-        lambda: _col(column).isNotNull() & ~_col(column).between(low, high),
+        lambda: (_col(column) < low) | (_col(column) > high),
     )
 
 
@@ -113,7 +120,7 @@ def date_window_rule(column: str, earliest: str, latest: str, what: str) -> RowR
     return RowRule(
         f"impossible_date.{column}",
         f"{column} must be {what} ({earliest} to {latest})",
-        lambda: _col(column).isNotNull() & ~_col(column).between(F.lit(earliest).cast("date"), F.lit(latest).cast("date")),
+        lambda: (_col(column) < F.lit(earliest).cast("date")) | (_col(column) > F.lit(latest).cast("date")),
     )
 
 
@@ -252,10 +259,12 @@ def apply_rules(frame: DataFrame, rules: list[RowRule], append: bool = False) ->
 
     A plain string (concat_ws skips the rules not broken) rather than an array filtered
     by a lambda: Spark may evaluate the expression once per later reference, and this
-    form compiles to straight-line code. With `append`, the codes follow the reasons the
-    row already has.
+    form compiles to straight-line code. That code is one method for all of a table's
+    rules, which the JVM compiles only while it is under 8,000 bytes: keep each rule's
+    condition short (no null guards: `RowRule`). With `append`, the codes follow the
+    reasons the row already has.
     """
-    broken = [F.when(F.coalesce(rule.broken(), F.lit(False)), F.lit(rule.reason)) for rule in rules]
+    broken = [F.when(rule.broken(), F.lit(rule.reason)) for rule in rules]
     if append:
         existing = F.when(F.col(REASONS) != "", F.col(REASONS))
         return frame.withColumn(REASONS, F.concat_ws(",", existing, *broken))
