@@ -149,22 +149,32 @@ def _new_value_invalid(codes: CodeLists, key_stage: str) -> F.Column:
 
 
 def _apply_corrections(results: DataFrame, corrections: DataFrame, correctable: tuple[str, ...], key_stage: str) -> DataFrame:
-    """Replace corrected result values; `amended` marks the rows changed."""
+    """Replace corrected result values; `amended` marks the rows changed.
+
+    The new values are parsed to their columns' types on the few corrected pupils, before
+    they are joined to every results row: the parsing code is then not part of the (already
+    long) code Spark generates for the results rows, which must stay under the JVM's limit
+    for compiling a method (tests/unit/test_validation.py).
+    """
     schema = RESULTS_TABLE[key_stage]
+    if not correctable:
+        return results.withColumn(AMENDED, F.lit(False))
     wide = corrections.groupBy("pupil_id").pivot("field", list(correctable)).agg(F.first("new_value"))
-    renamed = wide.select("pupil_id", *[F.col(name).alias(f"_new_{name}") for name in correctable])
-    joined = results.join(renamed, on="pupil_id", how="left")
+    parsed = wide.select(
+        "pupil_id",
+        *[F.col(name).isNotNull().alias(f"_given_{name}") for name in correctable],
+        *[F.col(name).try_cast(SPARK_TYPES[schema.column(name).type]).alias(f"_new_{name}") for name in correctable],
+        F.greatest(*[F.col(name).isNotNull() for name in correctable]).alias(AMENDED),
+    )
+    joined = results.join(parsed, on="pupil_id", how="left")
     corrected = [
-        F.when(F.col(f"_new_{name}").isNotNull(), F.col(f"_new_{name}").try_cast(SPARK_TYPES[schema.column(name).type]))
-        .otherwise(F.col(name))
-        .alias(name)
+        F.when(F.col(f"_given_{name}"), F.col(f"_new_{name}")).otherwise(F.col(name)).alias(name)
         if name in correctable
         else F.col(name)
         for name in schema.names
     ]
-    amended = F.greatest(*[F.col(f"_new_{name}").isNotNull() for name in correctable]) if correctable else F.lit(False)
     carried = [F.col(name) for name in (PARSE_ERRORS, RAW) if name in results.columns]
-    return joined.select(*corrected, *carried, amended.alias(AMENDED))
+    return joined.select(*corrected, *carried, F.coalesce(F.col(AMENDED), F.lit(False)).alias(AMENDED))
 
 
 def run_intake(
