@@ -122,8 +122,10 @@ def school_table(figures: DataFrame, context: DataFrame, groups: DataFrame, conf
         .join(F.broadcast(trust_scores), on=["trust_id", "measure"], how="left")
         .join(F.broadcast(groups), on="school_id", how="left")
     )
-    table = compare.with_rank(table, "trust_id", "rank_in_trust", "schools_ranked_in_trust")
-    table = compare.with_rank(table, "similar_schools_group", "similar_schools_rank", "similar_schools_count")
+    table = compare.with_ranks(table, [
+        ("trust_id", "rank_in_trust", "schools_ranked_in_trust"),
+        ("similar_schools_group", "similar_schools_rank", "similar_schools_count"),
+    ])
     table = compare.with_quadrant(table, config.quadrants[key_stage])
     return suppression.shown(table, PUBLISHED_SCHOOL_MEASURES.suppressible).select(*_data_columns(PUBLISHED_SCHOOL_MEASURES))
 
@@ -210,7 +212,10 @@ def stage_rollup(release) -> None:
     # Small frames left lazy are cheap to recompute from the checkpoints; a job each costs more.
     eligibility = aggregate.trust_eligibility(cells, context, config.trusts.min_schools)
     placed = aggregate.placed_cells(cells, context, eligibility.where(F.col("eligible")).select("trust_id", "measure"))
-    national_sums = _gathered(aggregate.higher_level_sums(placed, (aggregate.NATIONAL,)))
+    # Every level above schools from one pass over the cells; the nation's sums are a few of
+    # its rows (they give the national SDs and scores the other figures need).
+    higher_sums = _materialised(release, "higher_sums", aggregate.higher_level_sums(placed))
+    national_sums = _gathered(higher_sums.where(F.col("level") == aggregate.NATIONAL))
     sds = aggregate.national_sds(scores, national_sums, MEASURES[key_stage], z)
     nationals = F.broadcast(aggregate.national_scores(national_sums, config.min_pupils))
     last_year = history.earlier_partition(store, UNSUPPRESSED_MEASURES, year - 1, key_stage, config.history_data_stage)
@@ -225,7 +230,7 @@ def stage_rollup(release) -> None:
 
     # Three parts: the levels above schools, the schools' own figures, and the schools'
     # subgroups (most of the rows: built from the cells without a shuffle).
-    higher = finished("higher", aggregate.figures_from_sums(aggregate.higher_level_sums(placed), sds, nationals, thresholds, z))
+    higher = finished("higher", aggregate.figures_from_sums(higher_sums, sds, nationals, thresholds, z))
     school_all = finished("school_all", aggregate.school_figures(scores, nationals))
     decision = ("suppression_reason", "suppressed")
     school_subgroups = finished("school_subgroups", aggregate.figures_from_sums(
