@@ -403,8 +403,14 @@ def test_quadrants_compare_with_the_national_figures(spark):
 
 def test_ranks_count_shown_figures_only(spark):
     rows = spark.createDataFrame(
-        [("A", "T1", 0.5, False), ("B", "T1", 0.9, False), ("C", "T1", 0.9, False), ("D", "T1", 2.0, True), ("E", None, 1.0, False)],
-        "school_id string, trust_id string, score double, suppressed boolean",
+        [("A", "T1", "G1", 0.5, False), ("B", "T1", "G2", 0.9, False), ("C", "T1", "G1", 0.9, False),
+         ("D", "T1", "G1", 2.0, True), ("E", None, "G1", 1.0, False), ("F", "T2", None, None, False)],
+        "school_id string, trust_id string, similar string, score double, suppressed boolean",
     ).withColumn("measure", F.lit(MEASURE))
-    got = {r.school_id: (r.rank_in_trust, r.schools_ranked_in_trust) for r in compare.with_rank(rows, "trust_id", "rank_in_trust", "schools_ranked_in_trust").collect()}
-    assert got == {"A": (3, 3), "B": (1, 3), "C": (1, 3), "D": (None, None), "E": (None, None)}
+    ranked = compare.with_ranks(rows, [("trust_id", "rank_in_trust", "schools_ranked_in_trust"), ("similar", "similar_rank", "similar_count")])
+    got = {r.school_id: (r.rank_in_trust, r.schools_ranked_in_trust, r.similar_rank, r.similar_count) for r in ranked.collect()}
+    assert got == {
+        "A": (3, 3, 3, 3), "B": (1, 3, 1, 1), "C": (1, 3, 2, 3),
+        "D": (None, None, None, None), "E": (None, None, 1, 3), "F": (None, None, None, None),
+    }
+    assert ranked.columns == [*rows.columns, "rank_in_trust", "schools_ranked_in_trust", "similar_rank", "similar_count"]

@@ -25,18 +25,32 @@ def _shown() -> Column:
     return ~F.col("suppressed") & F.col("score").isNotNull()
 
 
-def with_rank(school_rows: DataFrame, group: str, rank: str, count: str) -> DataFrame:
-    """Add `rank` (1 = highest; ties share a rank) and `count` among the rows of the same
-    `group` and measure with a shown figure; null on other rows and without a group.
+def with_ranks(school_rows: DataFrame, rankings: list[tuple[str, str, str]]) -> DataFrame:
+    """Add, for each (group, rank, count) of `rankings`, `rank` (1 = highest; ties share a
+    rank) and `count` among the rows of the same `group` and measure with a shown figure;
+    null on other rows and without a group.
+
+    The ranks are computed on the few columns they need and joined back by school and
+    measure (one row each): the windows then sort those columns only, not every column of
+    the school figures.
 
     Args:
-        school_rows: school figures with `group`, measure, score and suppressed.
+        school_rows: school figures, one row per school_id and measure, with each `group`,
+            score and suppressed.
     """
-    ranked = _shown() & F.col(group).isNotNull()
-    window = Window.partitionBy(group, "measure", ranked)
-    return school_rows.withColumn(
-        rank, F.when(ranked, F.rank().over(window.orderBy(F.col("score").desc()))).cast("int")
-    ).withColumn(count, F.when(ranked, F.count(F.lit(1)).over(window)).cast("int"))
+    groups = [group for group, _, _ in rankings]
+    narrow = school_rows.select("school_id", "measure", "score", _shown().alias("_shown"), *groups)
+    columns = []
+    for group, rank, count in rankings:
+        ranked = F.col("_shown") & F.col(group).isNotNull()
+        window = Window.partitionBy(group, "measure", ranked)
+        columns += [
+            F.when(ranked, F.rank().over(window.orderBy(F.col("score").desc()))).cast("int").alias(rank),
+            F.when(ranked, F.count(F.lit(1)).over(window)).cast("int").alias(count),
+        ]
+    ranks = narrow.select("school_id", "measure", *columns)
+    joined = school_rows.join(F.broadcast(ranks), on=["school_id", "measure"], how="left")
+    return joined.select(*school_rows.columns, *[name for _, rank, count in rankings for name in (rank, count)])
 
 
 def _band_label(value: Column, bounds: tuple[float, ...], unit: str, fmt) -> Column:
