@@ -172,11 +172,11 @@ def placed_cells(cells: DataFrame, schools: DataFrame, eligible_trusts: DataFram
 HIGHER_LEVELS = ("trust", "la", "region", NATIONAL)
 
 
-def higher_level_sums(placed: DataFrame, levels: tuple[str, ...] = HIGHER_LEVELS) -> DataFrame:
+def higher_level_sums(placed: DataFrame) -> DataFrame:
     """The additive sums of trusts, authorities, regions and the nation, in one aggregation.
 
     Each cell goes, with its weight, to its trust (when it has a trust weight), authority,
-    region and the nation (those of `levels`). Returns FIGURE_KEY and SUM_COLUMNS.
+    region and the nation. Returns FIGURE_KEY and SUM_COLUMNS.
     """
     one = F.lit(1.0)
     units = {
@@ -186,7 +186,7 @@ def higher_level_sums(placed: DataFrame, levels: tuple[str, ...] = HIGHER_LEVELS
         NATIONAL: (F.lit(NATIONAL), one),
     }
     up = F.explode(F.array(*(
-        F.struct(F.lit(level).alias("level"), units[level][0].alias("unit_id"), units[level][1].alias("w")) for level in levels
+        F.struct(F.lit(level).alias("level"), units[level][0].alias("unit_id"), units[level][1].alias("w")) for level in HIGHER_LEVELS
     )))
     w = F.col("w")
     return (
