@@ -117,6 +117,11 @@ def in_population(spec: ModelSpec) -> Column:
     return (F.col("school_sector") == STATE_FUNDED) & (F.col("school_provision") == spec.population)
 
 
+def in_model() -> Column:
+    """The pupils of a scored population (:func:`scored_population`) that are in the model."""
+    return F.col("cva_exclusion_reason").isNull()
+
+
 def cva_exclusion_reason() -> Column:
     """Why a pupil of the model's population is not in the model (null when in it)."""
     return (
@@ -137,7 +142,7 @@ def scored_population(pupils: DataFrame, spec: ModelSpec) -> DataFrame:
 def model_design(scored: DataFrame, spec: ModelSpec) -> DataFrame:
     """One row per pupil in the model with a ``cva_x_<term>`` column per term, from
     :func:`scored_population`; the school-level terms describe exactly these pupils."""
-    return with_design(scored.where(F.col("cva_exclusion_reason").isNull()), spec, GROUP)
+    return with_design(scored.where(in_model()), spec, GROUP)
 
 
 def predicted_population(scored: DataFrame, spec: ModelSpec, coefficients: dict[str, float]) -> DataFrame:
@@ -148,12 +153,11 @@ def predicted_population(scored: DataFrame, spec: ModelSpec, coefficients: dict[
     over the population: prior attainment and outcome are scored once per pupil, not once
     to choose the pupils and again to predict.
     """
-    in_model = F.col("cva_exclusion_reason").isNull()
-    designed = with_design(scored, spec, GROUP, school_rows=scored.where(in_model))
+    designed = with_design(scored, spec, GROUP, school_rows=scored.where(in_model()))
     predicted = predict(designed, coefficients, spec.stage_of, spec.outcome.valid_range, spec)
     return predicted.withColumns({
-        **{name: F.when(in_model, F.col(name)) for name in (*COMPONENT_COLUMNS.values(), RESIDUAL)},
-        "cva_model": F.when(in_model, F.lit(spec.name)),
+        **{name: F.when(in_model(), F.col(name)) for name in (*COMPONENT_COLUMNS.values(), RESIDUAL)},
+        "cva_model": F.when(in_model(), F.lit(spec.name)),
     })
 
 
@@ -263,7 +267,7 @@ def stage_cva(release) -> None:
 
         if outcome.fit is None:
             # The design's outcome column is pupil_results' cva_outcome: kept wherever it is known.
-            out = scored.where(F.col("cva_exclusion_reason").isNotNull())
+            out = scored.where(~in_model())
             parts.append(_null_cva(out, keep=("cva_exclusion_reason", OUTCOME)))
             parts.append(_null_cva(design, keep=(OUTCOME,)).withColumn("cva_exclusion_reason", F.lit("model_not_fitted")))
             continue
