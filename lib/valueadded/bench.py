@@ -111,9 +111,9 @@ def run_cva_benchmark(year: int, seed: int, scale: float, work_dir: Path, statsm
     from pyspark.sql import functions as F
 
     from valueadded.cva.apply import predict
-    from valueadded.cva.design import OUTCOME, design_column, with_design, with_prior_and_outcome
+    from valueadded.cva.design import OUTCOME, design_column
     from valueadded.cva.fit import fit_statistics, gather_statistics
-    from valueadded.cva.stage import GROUP, cva_exclusion_reason, in_population
+    from valueadded.cva.stage import GROUP, model_design, scored_population
     from valueadded.cva.spec import load_model_spec
     from valueadded.io.intake import run_intake
     from valueadded.measures.cohort import build_pupil_table
@@ -138,8 +138,7 @@ def run_cva_benchmark(year: int, seed: int, scale: float, work_dir: Path, statsm
     terms = [t for t in spec.term_names if t != "intercept"]
     columns = [design_column(t) for t in terms]
     started = time.perf_counter()
-    scored = with_prior_and_outcome(pupils.where(in_population(spec)), spec)
-    design = with_design(scored.where(cva_exclusion_reason().isNull()), spec, GROUP)
+    design = model_design(scored_population(pupils, spec), spec)
     design = design.select(GROUP, OUTCOME, *columns).persist(StorageLevel.MEMORY_AND_DISK)
     n_model = design.count()
     design_seconds = time.perf_counter() - started
