@@ -98,6 +98,7 @@ def stage_pupil_table(release: Release) -> None:
         # Each pupil hashed once; the pupil tables carry the column to the write.
         pupils = with_pupil_pseudonyms(pupils, release.pseudonym_key)
     pupils = materialise(pupils)
+    intake.free_pupil_rows()
     release.frames["pupils"] = pupils
     release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names, *carried_pseudonyms(pupils)))
 

@@ -166,6 +166,27 @@ def test_reconciliation_counts(ks2_validated):
     assert intake.counts["pupils"]["rows_other_key_stage"] == 4  # the KS4 pupils
 
 
+def test_the_pupil_table_stage_frees_the_rows_intake_built_its_pupils_from(spark, tmp_path):
+    """Nothing reads them after the pupil table is materialised: the rest of the release gets their memory."""
+    from valueadded.io.runlog import RunRecord
+    from valueadded.pipeline import Release, stage_intake, stage_pupil_table
+
+    folder = write_inputs(tmp_path, valid_tables())
+    record = RunRecord(run_id="test", command="", year=YEAR, key_stage="ks2", data_stage="validated", config_json="{}",
+                       pseudonym_key_fingerprint="none")
+    release = Release(spark, load_release_config(), folder, tmp_path / "out", YEAR, "ks2", "validated", record)
+    stage_intake(release)
+    accepted = release.intake.pupils.count()
+    held = {frame._jdf.queryExecution().analyzed().rdd().id() for frame in release.intake.pupil_rows}  # noqa: SLF001
+    assert len(held) == 2  # the pupils' and the results' rows
+    stage_pupil_table(release)
+    persistent = {int(k) for k in spark.sparkContext._jsc.getPersistentRDDs().keySet()}  # noqa: SLF001
+    assert not (held & persistent)
+    assert release.intake.pupils is None and release.intake.pupil_rows == []
+    assert release.frames["pupils"].count() == accepted  # the pupil table is intact
+    release.intake.release()
+
+
 def test_ks4_row_faults(spark, tmp_path):
     tables = valid_tables()
     add_ks4_pupil(tables, "S01", results={"english_points": 9.5})
