@@ -16,12 +16,14 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.util import inheritable_thread_target
 
 from valueadded.config import ConfigError, ReleaseConfig
 from valueadded.cva.stage import stage_cva
@@ -181,13 +183,33 @@ def amendment_counts(release: Release, pupils: DataFrame) -> dict:
     }
 
 
+# Tables staged at once by the write stage. While one table's job runs, the other's
+# driver work (planning, moving files, reading footers) proceeds, and a small table's
+# one-task job does not leave a core idle. National KS2 validated, warm: write stage
+# 13.0-14.4 s one at a time, 11.8-13.5 s two at a time (three pairs of runs, one session).
+STAGING_THREADS = 2
+
+
 def stage_write(release: Release) -> None:
-    """Stage every output table's partition, then publish them all together (io/publish.py)."""
+    """Stage every output table's partition, then publish them all together (io/publish.py).
+
+    Tables are staged STAGING_THREADS at a time; a failure stops the staging of tables not
+    yet started, and nothing is published (staged files are never referenced).
+    """
     store = TableStore(release.spark, release.output_dir, pseudonym_key=release.pseudonym_key)
-    staged = [
-        store.stage_partition(frame, schema, release.year, release.key_stage, release.data_stage)
-        for schema, frame in release.outputs.values()
-    ]
+    # The threads run their jobs under the release stage's job group (inheritable_thread_target).
+    stage = inheritable_thread_target(release.spark)(store.stage_partition)
+    with ThreadPoolExecutor(max_workers=STAGING_THREADS, thread_name_prefix="stage-table") as pool:
+        pending = [
+            pool.submit(stage, frame, schema, release.year, release.key_stage, release.data_stage)
+            for schema, frame in release.outputs.values()
+        ]
+        try:
+            staged = [future.result() for future in pending]
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
     release.record.table_versions.update(publish(store, staged, release.record.run_id))
 
 

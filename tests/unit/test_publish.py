@@ -101,6 +101,39 @@ def test_failed_publication_puts_every_table_back(spark, tmp_path, monkeypatch):
     assert not journal_path(tmp_path, PARTITION).exists()
 
 
+def test_the_write_stage_stages_tables_in_threads_under_its_job_group_and_publishes_none_if_one_fails(spark, tmp_path):
+    from valueadded.config import load_release_config
+    from valueadded.io.delta_store import SchemaMismatchError
+    from valueadded.io.runlog import RunRecord
+    from valueadded.pipeline import STAGING_THREADS, Release, stage_write
+
+    assert STAGING_THREADS > 1
+    record = RunRecord(run_id="r", command="", year=2024, key_stage="ks2", data_stage="unvalidated", config_json="{}",
+                       pseudonym_key_fingerprint="none")
+    release = Release(spark, load_release_config(), tmp_path, tmp_path, *PARTITION, record)
+    release.publish(SCORES, _scores(spark, 1.0))
+    release.publish(COUNTS, _counts(spark, 10))
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("write-stage-test", "the write stage")
+    try:
+        stage_write(release)
+        # Every Spark job of the staging threads ran in the stage's job group (Spark's UI, cancellation).
+        assert len(tracker.getJobIdsForGroup("write-stage-test")) >= 2
+    finally:
+        spark.sparkContext.setJobGroup("", "")
+    store = TableStore(spark, tmp_path)
+    before = (_content(store, SCORES), _content(store, COUNTS))
+    assert before == ([("A", 1.0), ("B", 2.0)], [("A", 10)])
+    assert release.record.table_versions == {"scores": 0, "counts": 0}
+
+    release.outputs.clear()
+    release.publish(SCORES, _scores(spark, 5.0))
+    release.publish(COUNTS, _counts(spark, 50).withColumn("n", F.col("n").cast("double")))
+    with pytest.raises(SchemaMismatchError, match="n is double, declared int"):
+        stage_write(release)
+    assert (_content(store, SCORES), _content(store, COUNTS)) == before  # the table staged without fault is not published
+
+
 def test_publication_killed_between_commits_is_put_back_by_the_next_run(spark, tmp_path, monkeypatch):
     store = TableStore(spark, tmp_path)
     publish(store, [store.stage_partition(_scores(spark, 1.0), SCORES, *PARTITION),
