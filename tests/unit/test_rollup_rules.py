@@ -128,6 +128,55 @@ def test_trust_figures_are_time_weighted_and_need_three_counted_schools(spark):
         assert got.band == row["expected_band"], trust
 
 
+def test_higher_level_sums_equal_each_levels_own_sums_of_its_schools_cells(spark):
+    """Trusts with their weights, authorities, regions and the nation, each summed directly in pandas."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    schools = pd.DataFrame({
+        "school_id": [f"S{i:02d}" for i in range(40)],
+        "la_code": [f"L{i % 6}" for i in range(40)],
+        # L5 has schools in two regions: each figure still counts every school once.
+        "region_code": ["R1" if i % 6 < 3 else "R2" if i % 6 < 5 or i % 2 else "R3" for i in range(40)],
+        "trust_id": [None if i % 5 == 0 else f"T{i % 4}" for i in range(40)],
+        "trust_weight": [None if i % 5 == 0 or i % 7 == 0 else float(1 + i % 3) for i in range(40)],
+    })
+    keys = [("all", "all", "m1"), ("all", "all", "m2"), ("sex", "f", "m1"), ("sex", "m", "m1")]
+    cells = pd.DataFrame([
+        {"school_id": school, "subgroup": g, "subgroup_value": v, "measure": m, "n": int(n),
+         "value_sum": float(rng.normal(0, 3) * n), "value_sum_sq": float(rng.uniform(1, 20) * n) if g == "all" else None}
+        for school in schools.school_id for (g, v, m) in keys for n in [rng.integers(0, 30)] if n > 0
+    ])
+    placed = cells.merge(schools, on="school_id")
+    placed_frame = spark.createDataFrame(
+        placed, "school_id string, subgroup string, subgroup_value string, measure string, n int, value_sum double, "
+        "value_sum_sq double, la_code string, region_code string, trust_id string, trust_weight double",
+    )
+    got = aggregate.higher_level_sums(placed_frame).toPandas()
+
+    expected = []
+    for level, unit, weight in [("trust", "trust_id", "trust_weight"), ("la", "la_code", None), ("region", "region_code", None),
+                                ("national", None, None)]:
+        part = placed.assign(w=placed[weight] if weight else 1.0, unit_id=placed[unit] if unit else "national")
+        part = part[part.w.notna()]
+        for (unit_id, g, v, m), rows in part.groupby(["unit_id", "subgroup", "subgroup_value", "measure"]):
+            expected.append({
+                "level": level, "unit_id": unit_id, "subgroup": g, "subgroup_value": v, "measure": m,
+                "schools": len(rows), "n": int(rows.n.sum()), "weighted_pupils": (rows.w * rows.n).sum(),
+                "weighted_sq_pupils": (rows.w ** 2 * rows.n).sum(), "weighted_sum": (rows.w * rows.value_sum).sum(),
+                "value_sum_sq": rows.value_sum_sq.sum(min_count=1),
+            })
+    key = list(aggregate.FIGURE_KEY)
+    expected = pd.DataFrame(expected).sort_values(key).reset_index(drop=True)
+    got = got.sort_values(key).reset_index(drop=True)
+    assert list(got.columns) == [*aggregate.FIGURE_KEY, *aggregate.SUM_COLUMNS]
+    assert set(got.level) == {"trust", "la", "region", "national"} and len(got) == len(expected)
+    pd.testing.assert_frame_equal(got[key + ["schools", "n"]], expected[key + ["schools", "n"]], check_dtype=False)
+    for column in ("weighted_pupils", "weighted_sq_pupils", "weighted_sum", "value_sum_sq"):
+        np.testing.assert_allclose(got[column].astype(float), expected[column].astype(float), rtol=1e-12, err_msg=column)
+
+
 def test_school_cells_per_subgroup_value_and_only_for_the_configured_measures(spark):
     pupils = spark.createDataFrame(
         [("S1", 1.0, None, "yes"), ("S1", 3.0, None, "no"), ("S1", 5.0, None, "yes"), ("S1", None, 100.0, "yes")],
