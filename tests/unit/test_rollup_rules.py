@@ -244,6 +244,37 @@ def test_school_cells_marked_as_built_get_the_figures_decisions_without_a_second
     assert all(r.suppression_reason == ("below_minimum_pupils" if r.n < ROLLUP.min_pupils else None) for r in all_pupils)
 
 
+# school, pupils per value of a dimension listed B, A, C (not in name order) -> expected reasons
+SECONDARY_TIES = [
+    ("S1", {"B": 6, "A": 6, "C": 2}, {"B": None, "A": "secondary", "C": "below_minimum_pupils"}),  # tie: first by name
+    ("S2", {"B": 7, "A": 6, "C": 3}, {"B": None, "A": "secondary", "C": "below_minimum_pupils"}),  # fewest pupils
+    ("S3", {"B": 6, "A": 7, "C": 0}, {"B": None, "A": None}),  # nothing withheld; no cell without pupils
+    ("S4", {"B": 3, "A": 4, "C": 10}, {"B": "below_minimum_pupils", "A": "below_minimum_pupils", "C": None}),  # 7 withheld
+    ("S5", {"B": 2, "A": 6, "C": 6}, {"B": "below_minimum_pupils", "A": "secondary", "C": None}),
+    ("S6", {"B": 1, "A": 2, "C": 0}, {"B": "below_minimum_pupils", "A": "below_minimum_pupils"}),  # none shown
+]
+
+
+def test_school_cells_secondary_suppression_takes_the_smallest_shown_value_then_the_first_by_name(spark):
+    assert ROLLUP.min_pupils == 6
+    pupils = spark.createDataFrame(
+        [(school, 1.0, value) for school, counts, _ in SECONDARY_TIES for value, n in counts.items() for _ in range(n)],
+        f"school_id string, {value_column(MEASURE)} double, d string",
+    )
+    dimensions = {"d": ("B", "A", "C")}
+    marked = aggregate.marked_school_cells(pupils, (MEASURE,), dimensions, None, ROLLUP.min_pupils)
+    got = {}
+    for row in marked.where(F.col("subgroup") == "d").collect():
+        got.setdefault(row.school_id, {})[row.subgroup_value] = row.suppression_reason
+        assert row.suppressed == (row.suppression_reason is not None)
+    assert got == {school: expected for school, _, expected in SECONDARY_TIES}
+    on_figures = suppression.withheld_reason(aggregate.school_subgroup_sums(aggregate.school_cells(pupils, (MEASURE,), dimensions)),
+                                             ROLLUP.min_pupils)
+    assert {(r.unit_id, r.subgroup_value): r.suppression_reason for r in on_figures.collect()} == {
+        (school, value): reason for school, reasons in got.items() for value, reason in reasons.items()
+    }
+
+
 def test_shown_withholds_figures_of_suppressed_rows_only(spark):
     frame = spark.createDataFrame(
         [("a", 5, 1.5, 0.7, True, None), ("b", 6, 2.5, 0.9, False, "withheld_in_an_earlier_year"), ("c", 7, 3.5, 1.1, False, None)],
