@@ -49,7 +49,9 @@ class Intake:
 
     schools: DataFrame
     trust_membership: DataFrame
-    pupils: DataFrame | None  # accepted pupils of this key stage, with their results joined and `amended`
+    # Accepted pupils of this key stage, with their results joined and `amended`; None once
+    # free_pupil_rows() has run.
+    pupils: DataFrame | None
     amendments: DataFrame  # accepted amendments of this key stage
     rejected: DataFrame  # source_table, pupil_id, school_id, reason_code, all_reasons, row_json
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
