@@ -207,8 +207,7 @@ def stage_write(release: Release) -> None:
         try:
             staged = [future.result() for future in pending]
         except BaseException:
-            for future in pending:
-                future.cancel()
+            pool.shutdown(cancel_futures=True)  # the tables not started yet; waits for the others
             raise
     release.record.table_versions.update(publish(store, staged, release.record.run_id))
 
