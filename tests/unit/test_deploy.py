@@ -28,6 +28,7 @@ import yaml
 
 from valueadded import cli
 from valueadded.io.pseudonym import DEFAULT_KEY_VARIABLE
+from valueadded.spark import LOCAL_JVM_SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = REPO / "deploy" / "databricks"
@@ -379,6 +380,21 @@ def recorded(record: Path, name: str) -> list[str]:
     return (record / name).read_text().split("\0")[:-1]
 
 
+HEAP_SETTINGS = ("spark.driver.memory", "spark.driver.extraJavaOptions", "spark.memory.fraction")
+
+
+def heap_settings(spark_options: list[str]) -> dict[str, str]:
+    """The driver heap's settings among spark-submit options (--driver-memory, --conf)."""
+    settings = {}
+    for option, value in zip(spark_options, spark_options[1:]):
+        if option == "--conf":
+            key, _, setting = value.partition("=")
+            settings[key] = setting
+        elif option == "--driver-memory":
+            settings["spark.driver.memory"] = value
+    return {key: value for key, value in settings.items() if key in HEAP_SETTINGS}
+
+
 def test_wrapper_is_valid_bash():
     subprocess.run(["bash", "-n", str(WRAPPER)], check=True, timeout=30)
 
@@ -393,7 +409,8 @@ def test_wrapper_passes_release_options_to_the_entry_point_unchanged(fake_spark)
     parse_release(arguments[script + 1:])
     spark_options = arguments[:script]
     assert spark_options[spark_options.index("--master") + 1] == "local[2]"
-    assert "spark.driver.extraJavaOptions=-XX:+UseParallelGC" in spark_options
+    # The JVM spark-submit starts is laid out as get_spark lays out a local session it starts.
+    assert heap_settings(spark_options) == {key: LOCAL_JVM_SETTINGS[key] for key in HEAP_SETTINGS}
     # The key reaches spark-submit (and so the driver) in the environment, never as an argument.
     assert recorded(record, "environment") == ["local[2]", sys.executable, FAKE_PSEUDONYM_KEY]
     assert not any(FAKE_PSEUDONYM_KEY in argument for argument in arguments)
@@ -402,6 +419,23 @@ def test_wrapper_passes_release_options_to_the_entry_point_unchanged(fake_spark)
     with zipfile.ZipFile(package) as archive:
         assert "valueadded/cli.py" in archive.namelist()
         assert not any("__pycache__" in name for name in archive.namelist())
+
+
+@pytest.mark.parametrize(
+    ("spark_arguments", "expected"),
+    [
+        # A heap you size yourself gets the collector, not this heap's layout.
+        (["--driver-memory", "4g"], {"spark.driver.memory": "4g", "spark.driver.extraJavaOptions": "-XX:+UseParallelGC"}),
+        (["--master", "local[4]"], {"spark.driver.memory": "6g"}),
+        (["--master", "yarn", "--driver-memory", "8g"], {"spark.driver.memory": "8g"}),
+    ],
+)
+def test_wrapper_lays_out_the_local_heap_only_for_the_default_master_and_memory(fake_spark, spark_arguments, expected):
+    run, record = fake_spark
+    result = run([*spark_arguments, "--", *RELEASE_ARGUMENTS])
+    assert result.returncode == 0, result.stderr
+    arguments = recorded(record, "arguments")
+    assert heap_settings(arguments[:arguments.index(str(ENTRY_POINT))]) == expected
 
 
 def test_wrapper_passes_spark_options_before_the_separator_to_spark_submit(fake_spark, tmp_path):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from valueadded.spark import free, materialise
+import valueadded.spark as spark_module
+from valueadded.spark import LOCAL_JVM_SETTINGS, free, materialise
 
 
 def _persistent_ids(spark) -> set[int]:
@@ -73,3 +76,42 @@ def test_spark_archives_leave_the_path_only_when_the_packages_are_installed(tmp_
 def test_a_local_session_keeps_every_generated_class_of_a_release(spark):
     """A release generates about 550 classes: the session's cache must hold them for the next release to reuse."""
     assert int(spark.conf.get("spark.sql.codegen.cache.maxEntries")) >= 1000
+
+
+def test_a_local_session_this_process_starts_gets_the_local_heap(monkeypatch):
+    """get_spark's builder gets LOCAL_JVM_SETTINGS for a local master it starts, and not
+    under spark-submit (PYSPARK_GATEWAY_PORT set: the JVM is already running) or for a
+    cluster master."""
+    class Builder:
+        def __init__(self):
+            self.settings = {}
+
+        def appName(self, name):  # noqa: N802 (pyspark's name)
+            return self
+
+        def master(self, master):
+            self.settings["master"] = master
+            return self
+
+        def config(self, key, value):
+            self.settings[key] = value
+            return self
+
+        def getOrCreate(self):  # noqa: N802
+            raise RuntimeError("built")
+
+    def settings_for(master: str) -> dict:
+        builder = Builder()
+        monkeypatch.setattr(SparkSession, "builder", builder)
+        monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: None))
+        with pytest.raises(RuntimeError, match="built"):
+            spark_module.get_spark(master)
+        return builder.settings
+
+    jvm_keys = set(LOCAL_JVM_SETTINGS)
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    local = settings_for("local[2]")
+    assert {key: local[key] for key in jvm_keys} == LOCAL_JVM_SETTINGS
+    assert not jvm_keys & set(settings_for("yarn"))
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "12345")
+    assert not jvm_keys & set(settings_for("local[2]"))
