@@ -2,7 +2,11 @@
 
 `valueadded bench` generates the cohort, starts Spark, runs each key stage's release in
 both data stages, and prints wall seconds per stage, pupils per second, and the peak
-memory of the Python driver and of the Spark JVM. It never asserts a time.
+memory of the Python driver and of the Spark JVM. For a local session it also prints,
+per release, the CPU seconds the machine spent busy, and of the JVM's own work the
+seconds its JIT compiler took and the garbage collector paused: on a 2-core machine a
+release is CPU-bound, and these say how much of it is not the data. It never asserts a
+time.
 
 `valueadded bench --cva` measures the CVA engine alone on the KS4 cohort with the full
 KS2-4 specification (conf/models/ks4_mainstream.yaml): building the design in Spark, the
@@ -13,6 +17,7 @@ REML fit (default optimiser) on the same design, for the ratio.
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import time
@@ -30,6 +35,52 @@ def _jvm_peak_mib(spark) -> float | None:
     except Exception:  # not Linux, or no local JVM (a cluster): no figure rather than a wrong one
         return None
     return None
+
+
+def busy_cpu_seconds(stat_line: str, ticks_per_second: int) -> float:
+    """CPU seconds spent busy, from the `cpu` line of /proc/stat (all cores together).
+
+    Busy: user, nice, system, irq, softirq and steal; idle and iowait are not. The guest
+    columns, if any, are already counted in user and nice.
+    """
+    fields = [int(value) for value in stat_line.split()[1:9]]
+    idle, iowait = fields[3], fields[4] if len(fields) > 4 else 0
+    return (sum(fields) - idle - iowait) / ticks_per_second
+
+
+def _machine_busy_seconds() -> float | None:
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0]
+        return busy_cpu_seconds(first, os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):  # not Linux: no figure rather than a wrong one
+        return None
+
+
+def jvm_work_seconds(spark) -> tuple[float, float] | None:
+    """(JIT compilation, garbage collection pauses) in seconds, since the JVM started.
+
+    The driver JVM's own figures: for a local session that is the executor too; on a
+    cluster the executors' are elsewhere, so there is no figure (None).
+    """
+    if not spark.sparkContext.master.startswith("local"):
+        return None
+    try:
+        beans = spark._jvm.java.lang.management.ManagementFactory  # noqa: SLF001
+        compiled = beans.getCompilationMXBean().getTotalCompilationTime() / 1000
+        collected = sum(bean.getCollectionTime() for bean in beans.getGarbageCollectorMXBeans()) / 1000
+    except Exception:  # a JVM without these beans: no figure
+        return None
+    return compiled, collected
+
+
+def cpu_line(busy: float | None, jvm: tuple[float, float] | None, seconds: float, cores: int) -> str:
+    """The benchmark's CPU line for one release ('' without a figure)."""
+    if busy is None:
+        return ""
+    line = f"CPU busy {busy:.0f} s ({busy / seconds:.2f} of {cores} cores)"
+    if jvm is not None:
+        line += f"; the JVM compiling its code (JIT) {jvm[0]:.0f} s, paused for garbage collection {jvm[1]:.1f} s"
+    return line
 
 
 def _python_peak_mib() -> float:
@@ -62,16 +113,23 @@ def run_benchmark(year: int, seed: int, scale: float, work_dir: Path) -> list[di
     rows = []
     for key_stage in ("ks2", "ks4"):
         for data_stage in ("unvalidated", "validated"):
+            busy, jvm = _machine_busy_seconds(), jvm_work_seconds(spark)
             started = time.perf_counter()
             record = run_release(spark, config, input_dir, output_dir, year, key_stage, data_stage, "bench", pseudonym_key)
             seconds = time.perf_counter() - started
+            busy_after, jvm_after = _machine_busy_seconds(), jvm_work_seconds(spark)
             pupils = record.row_counts["inputs"]["pupils"]["rows_in_scope"]
-            rows.append({"key_stage": key_stage, "data_stage": data_stage, "pupils": pupils, "seconds": seconds, "stages": record.stage_timings})
+            rows.append({
+                "key_stage": key_stage, "data_stage": data_stage, "pupils": pupils, "seconds": seconds, "stages": record.stage_timings,
+                "busy_cpu_seconds": None if busy is None or busy_after is None else busy_after - busy,
+                "jvm_seconds": None if jvm is None or jvm_after is None else (jvm_after[0] - jvm[0], jvm_after[1] - jvm[1]),
+            })
 
     counts = manifest.get("row_counts", {})
     print(f"\nvalueadded benchmark: year {year}, seed {seed}, scale {scale:g}")
     print(f"  generate: {generate_seconds:6.1f} s  ({', '.join(f'{k} {v:,}' for k, v in counts.items())}); driver peak {generate_peak:,.0f} MiB")
     print(f"  spark session start: {spark_seconds:.1f} s")
+    cores = os.cpu_count() or 1
     for row in rows:
         stages = "  ".join(f"{name} {seconds:.1f}" for name, seconds in row["stages"].items())
         without_cva = row["seconds"] - row["stages"].get("cva", 0.0)
@@ -79,6 +137,9 @@ def run_benchmark(year: int, seed: int, scale: float, work_dir: Path) -> list[di
             f"  release {row['key_stage']} {row['data_stage']:<11}: {row['seconds']:6.1f} s  "
             f"(without the CVA stage {without_cva:5.1f} s)  {row['pupils'] / row['seconds']:>9,.0f} pupils/s  [{stages}]"
         )
+        cpu = cpu_line(row["busy_cpu_seconds"], row["jvm_seconds"], row["seconds"], cores)
+        if cpu:
+            print(f"      {cpu}")
     jvm_peak = _jvm_peak_mib(spark)
     print(f"  peak memory: Python driver {_python_peak_mib():,.0f} MiB; Spark JVM {'n/a' if jvm_peak is None else f'{jvm_peak:,.0f} MiB'}")
     return rows

@@ -1,0 +1,42 @@
+"""The benchmark's CPU figures (the benchmark itself is not a test: bin/bench)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from valueadded.bench import busy_cpu_seconds, cpu_line, jvm_work_seconds
+
+
+@pytest.mark.parametrize(
+    "line, busy",
+    [
+        # user nice system idle iowait irq softirq steal guest guest_nice (ticks)
+        ("cpu  100 5 50 1000 20 3 2 0 0 0", 1.60),
+        ("cpu  100 5 50 1000 20 3 2 10 40 0", 1.70),  # steal is busy; guest is inside user already
+        ("cpu  0 0 0 500 500 0 0", 0.0),  # idle and waiting for disk are not busy
+    ],
+)
+def test_busy_cpu_seconds_count_every_busy_column_once(line, busy):
+    assert busy_cpu_seconds(line, 100) == pytest.approx(busy)
+
+
+def test_cpu_line_says_what_it_has():
+    assert cpu_line(None, (1.0, 1.0), 10.0, 2) == ""
+    assert cpu_line(15.0, None, 10.0, 2) == "CPU busy 15 s (1.50 of 2 cores)"
+    assert cpu_line(15.0, (6.4, 0.84), 10.0, 2) == (
+        "CPU busy 15 s (1.50 of 2 cores); the JVM compiling its code (JIT) 6 s, paused for garbage collection 0.8 s"
+    )
+
+
+def test_jvm_work_seconds_of_a_local_session_grow_with_work(spark):
+    before = jvm_work_seconds(spark)
+    assert before is not None
+    spark.range(200_000).selectExpr("id % 7 as k", "id * 2 as v").groupBy("k").sum("v").collect()
+    after = jvm_work_seconds(spark)
+    assert after[0] >= before[0] > 0  # a JVM that has run Spark has compiled code
+    assert after[1] >= before[1] >= 0
+
+
+def test_jvm_work_seconds_are_not_given_for_a_cluster():
+    # The driver's own JIT and GC say nothing of a cluster's executors.
+    assert jvm_work_seconds(SimpleNamespace(sparkContext=SimpleNamespace(master="yarn"))) is None
