@@ -190,6 +190,21 @@ def amendment_counts(release: Release, pupils: DataFrame) -> dict:
 STAGING_THREADS = 2
 
 
+def _with_own_properties(spark: SparkSession, task: Callable) -> Callable:
+    """`task`, to run in a pool thread under a copy of this thread's Spark local properties
+    (the release stage's job group: Spark's UI and cancellation).
+
+    Wrap once per task, never once per pool: `inheritable_thread_target` copies the
+    properties when it wraps, and every thread that calls one wrapper runs with that same
+    `java.util.Properties`. Spark keeps the running query's execution ids there
+    (`spark.sql.execution.id`, `spark.sql.execution.root.id`), and a query's start checks
+    the root id is set and then reads it back: with one copy for two tables, the other
+    table's query ending in between cleared it, and a national release failed in its
+    write stage with `NumberFormatException: Cannot parse null string`.
+    """
+    return inheritable_thread_target(spark)(task)
+
+
 def stage_write(release: Release) -> None:
     """Stage every output table's partition, then publish them all together (io/publish.py).
 
@@ -197,11 +212,10 @@ def stage_write(release: Release) -> None:
     yet started, and nothing is published (staged files are never referenced).
     """
     store = TableStore(release.spark, release.output_dir, pseudonym_key=release.pseudonym_key)
-    # The threads run their jobs under the release stage's job group (inheritable_thread_target).
-    stage = inheritable_thread_target(release.spark)(store.stage_partition)
     with ThreadPoolExecutor(max_workers=STAGING_THREADS, thread_name_prefix="stage-table") as pool:
         pending = [
-            pool.submit(stage, frame, schema, release.year, release.key_stage, release.data_stage)
+            pool.submit(_with_own_properties(release.spark, store.stage_partition),
+                        frame, schema, release.year, release.key_stage, release.data_stage)
             for schema, frame in release.outputs.values()
         ]
         try:

@@ -134,6 +134,40 @@ def test_the_write_stage_stages_tables_in_threads_under_its_job_group_and_publis
     assert (_content(store, SCORES), _content(store, COUNTS)) == before  # the table staged without fault is not published
 
 
+def test_tables_staged_at_once_each_run_with_their_own_copy_of_the_spark_local_properties(spark, tmp_path, monkeypatch):
+    """Spark keeps a running query's execution id in the thread's local properties: two
+    staging threads sharing one copy overwrote each other's mid-query."""
+    import threading
+
+    from valueadded.config import load_release_config
+    from valueadded.io.runlog import RunRecord
+    from valueadded.pipeline import Release, stage_write
+
+    both_running = threading.Barrier(2, timeout=60)
+    seen = []
+    original = TableStore.stage_partition
+
+    def recording(store, frame, schema, *partition):
+        properties = spark.sparkContext._jsc.sc().getLocalProperties()  # noqa: SLF001
+        seen.append((spark._jvm.java.lang.System.identityHashCode(properties), properties.getProperty("spark.jobGroup.id")))  # noqa: SLF001
+        both_running.wait()  # the two tables are staged at the same time
+        return original(store, frame, schema, *partition)
+
+    monkeypatch.setattr(TableStore, "stage_partition", recording)
+    record = RunRecord(run_id="r", command="", year=2024, key_stage="ks2", data_stage="unvalidated", config_json="{}",
+                       pseudonym_key_fingerprint="none")
+    release = Release(spark, load_release_config(), tmp_path, tmp_path, *PARTITION, record)
+    release.publish(SCORES, _scores(spark, 1.0))
+    release.publish(COUNTS, _counts(spark, 10))
+    spark.sparkContext.setJobGroup("own-properties-test", "the write stage")
+    try:
+        stage_write(release)
+    finally:
+        spark.sparkContext.setJobGroup("", "")
+    assert [group for _, group in seen] == ["own-properties-test"] * 2
+    assert len({identity for identity, _ in seen}) == 2
+
+
 def test_publication_killed_between_commits_is_put_back_by_the_next_run(spark, tmp_path, monkeypatch):
     store = TableStore(spark, tmp_path)
     publish(store, [store.stage_partition(_scores(spark, 1.0), SCORES, *PARTITION),
