@@ -315,15 +315,19 @@ def run_release(
         status, error = "failed", f"{type(failure).__name__}: {failure}"
         raise
     finally:
-        spark.sparkContext.setJobGroup("runs", f"{key_stage} {data_stage} run log (run {record.run_id})")
         try:
-            TableStore(spark, output_dir).append(record.to_arrow(status, error), RUNS)
-        except Exception:  # the run's own error matters more than a failed log write
-            log.exception("could not append the run to the runs table")
-        lock.release()
-        for frame in release.frames.values():
-            free(frame)
-        if release.intake is not None:
-            release.intake.release()
+            spark.sparkContext.setJobGroup("runs", f"{key_stage} {data_stage} run log (run {record.run_id})")
+            try:
+                TableStore(spark, output_dir).append(record.to_arrow(status, error), RUNS)
+            except Exception:  # the run's own error matters more than a failed log write
+                log.exception("could not append the run to the runs table")
+        finally:
+            # Whatever the run log did (a dead JVM, a second interrupt): this process is
+            # still alive, so a lock left here would stop every later run of the partition.
+            lock.release()
+            for frame in release.frames.values():
+                free(frame)
+            if release.intake is not None:
+                release.intake.release()
     log.info(json.dumps({"run_id": record.run_id, "status": status, "row_counts": record.row_counts}))
     return record

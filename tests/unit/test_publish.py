@@ -134,6 +134,29 @@ def test_the_write_stage_stages_tables_in_threads_under_its_job_group_and_publis
     assert (_content(store, SCORES), _content(store, COUNTS)) == before  # the table staged without fault is not published
 
 
+def test_the_lock_is_released_even_when_the_run_log_write_is_interrupted(spark, tmp_path, monkeypatch):
+    """A second interrupt while a failed run writes its run log row: the process lives on
+    (a notebook, a shared driver), so a lock left behind would refuse every later run."""
+    from valueadded import pipeline
+    from valueadded.config import load_release_config
+    from valueadded.io.pseudonym import PseudonymKey
+
+    def failing_stage(release):
+        raise RuntimeError("stage failed")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(pipeline, "stages_for", lambda key_stage: [("failing", failing_stage)])
+    monkeypatch.setattr(TableStore, "append", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_release(spark, load_release_config(), tmp_path / "in", tmp_path / "out", *PARTITION,
+                             pseudonym_key=PseudonymKey("test", b"k" * 32))
+    spark.sparkContext.setJobGroup("", "")
+    assert not any((tmp_path / "out" / "_locks").iterdir())
+    PartitionLock(tmp_path / "out", *PARTITION, run_id="next").acquire()  # the partition is free
+
+
 def test_tables_staged_at_once_each_run_with_their_own_copy_of_the_spark_local_properties(spark, tmp_path, monkeypatch):
     """Spark keeps a running query's execution id in the thread's local properties: two
     staging threads sharing one copy overwrote each other's mid-query."""
