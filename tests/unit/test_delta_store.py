@@ -89,3 +89,25 @@ def test_data_is_written_once_in_place_and_committed_with_row_counts(spark, tmp_
     assert data_files == sorted(actions["path"])
     assert not (store.path(SCORES) / "_staging").exists()
     assert store.read(SCORES).count() == 100
+
+
+def test_a_run_staging_beside_this_one_does_not_fail_its_clean_up(spark, tmp_path, monkeypatch):
+    """Runs of two partitions of one table stage under the same `_staging` folder: the
+    other run may create its folder there (or remove the empty folder) just as this run
+    tidies up. The partition is staged all the same."""
+    import errno
+    from pathlib import Path
+
+    store = TableStore(spark, tmp_path)
+    original = Path.rmdir
+
+    def other_run_just_started(path):
+        if path.name == "_staging":
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(path))
+        original(path)
+
+    monkeypatch.setattr(Path, "rmdir", other_run_just_started)
+    version = store.replace_partition(_frame(spark, [("A", 0.5, 10)]), SCORES, 2024, "ks2", "unvalidated")
+    monkeypatch.undo()
+    assert version == 0
+    assert _partition_rows(store, year=2024, key_stage="ks2", data_stage="unvalidated") == [("A", 0.5, 10)]

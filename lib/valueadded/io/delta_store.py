@@ -25,6 +25,7 @@ with that key; a store without a key refuses to write such a table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -280,8 +281,11 @@ class TableStore:
             return actions
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            if (target / "_staging").is_dir() and not any((target / "_staging").iterdir()):
-                (target / "_staging").rmdir()
+            # A run of another partition of this table may be staging beside this one, and
+            # create its folder or remove the empty parent between the check and rmdir.
+            with contextlib.suppress(OSError):
+                if not any((target / "_staging").iterdir()):
+                    (target / "_staging").rmdir()
 
     def _commit_actions(self, schema: TableSchema, partition: tuple[int, str, str], actions: list[AddAction]) -> None:
         target = self.path(schema)
