@@ -154,7 +154,8 @@ def test_the_lock_is_released_even_when_the_run_log_write_is_interrupted(spark, 
                              pseudonym_key=PseudonymKey("test", b"k" * 32))
     spark.sparkContext.setJobGroup("", "")
     assert not any((tmp_path / "out" / "_locks").iterdir())
-    PartitionLock(tmp_path / "out", *PARTITION, run_id="next").acquire()  # the partition is free
+    with PartitionLock(tmp_path / "out", *PARTITION, run_id="next"):  # the partition is free
+        pass
 
 
 def test_tables_staged_at_once_each_run_with_their_own_copy_of_the_spark_local_properties(spark, tmp_path, monkeypatch):
