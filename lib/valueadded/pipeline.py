@@ -209,7 +209,8 @@ def stage_write(release: Release) -> None:
     """Stage every output table's partition, then publish them all together (io/publish.py).
 
     Tables are staged STAGING_THREADS at a time; a failure stops the staging of tables not
-    yet started, and nothing is published (staged files are never referenced).
+    yet started, nothing is published (staged files are never referenced), and what the
+    other tables staged is discarded (`TableStore.discard`).
     """
     store = TableStore(release.spark, release.output_dir, pseudonym_key=release.pseudonym_key)
     with ThreadPoolExecutor(max_workers=STAGING_THREADS, thread_name_prefix="stage-table") as pool:
@@ -222,6 +223,9 @@ def stage_write(release: Release) -> None:
             staged = [future.result() for future in pending]
         except BaseException:
             pool.shutdown(cancel_futures=True)  # the tables not started yet; waits for the others
+            for future in pending:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    store.discard(future.result())
             raise
     release.record.table_versions.update(publish(store, staged, release.record.run_id))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
@@ -111,3 +113,40 @@ def test_a_run_staging_beside_this_one_does_not_fail_its_clean_up(spark, tmp_pat
     monkeypatch.undo()
     assert version == 0
     assert _partition_rows(store, year=2024, key_stage="ks2", data_stage="unvalidated") == [("A", 0.5, 10)]
+
+
+def test_the_delta_spark_backend_stages_beside_its_audience_and_discards_what_it_staged(spark, tmp_path):
+    """delta-spark stages Parquet that its commit copies into the table (the commit needs
+    the Delta JARs; staging does not). A restricted table's rows are staged under
+    restricted/, and a partition that will not be committed leaves nothing behind."""
+    store = TableStore(spark, tmp_path, backend="delta-spark")
+    staged = store.stage_partition(_frame(spark, [("A", 0.5, 10)]), SCORES, 2024, "ks2", "unvalidated")
+    assert SCORES.audience == "restricted"
+    assert staged.staging_dir.parent == tmp_path / "restricted" / "_staging"
+    assert spark.read.parquet(str(staged.staging_dir)).count() == 1
+    published = dataclasses.replace(SCORES, audience="published")
+    other = store.stage_partition(_frame(spark, [("B", 0.1, 5)]), published, 2024, "ks2", "unvalidated")
+    assert other.staging_dir.parent == tmp_path / "published" / "_staging"
+
+    store.discard(staged)
+    store.discard(other)
+    assert not (tmp_path / "restricted" / "_staging").exists()
+    assert not (tmp_path / "published" / "_staging").exists()
+
+
+def test_a_failed_publication_discards_the_staged_partitions_it_did_not_commit(spark, tmp_path, monkeypatch):
+    from valueadded.io import publish as publishing
+
+    store = TableStore(spark, tmp_path, backend="delta-spark")
+    first, second = (store.stage_partition(_frame(spark, [(school, 0.5, 10)]), dataclasses.replace(SCORES, name=name), 2024, "ks2", "unvalidated")
+                     for school, name in (("A", "scores"), ("B", "other_scores")))
+
+    def commit_fails(item):
+        raise OSError("cluster storage unavailable")
+
+    monkeypatch.setattr(store, "commit", commit_fails)
+    monkeypatch.setattr(publishing, "recover_partition", lambda *args: [])  # nothing committed to put back
+    with pytest.raises(OSError, match="cluster storage unavailable"):
+        publishing.publish(store, [first, second], "failing")
+    assert not first.staging_dir.exists() and not second.staging_dir.exists()
+    assert not (tmp_path / "restricted" / "_staging").exists()

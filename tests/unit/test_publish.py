@@ -101,7 +101,7 @@ def test_failed_publication_puts_every_table_back(spark, tmp_path, monkeypatch):
     assert not journal_path(tmp_path, PARTITION).exists()
 
 
-def test_the_write_stage_stages_tables_in_threads_under_its_job_group_and_publishes_none_if_one_fails(spark, tmp_path):
+def test_the_write_stage_stages_tables_in_threads_under_its_job_group_and_publishes_none_if_one_fails(spark, tmp_path, monkeypatch):
     from valueadded.config import load_release_config
     from valueadded.io.delta_store import SchemaMismatchError
     from valueadded.io.runlog import RunRecord
@@ -129,9 +129,12 @@ def test_the_write_stage_stages_tables_in_threads_under_its_job_group_and_publis
     release.outputs.clear()
     release.publish(SCORES, _scores(spark, 5.0))
     release.publish(COUNTS, _counts(spark, 50).withColumn("n", F.col("n").cast("double")))
+    discarded = []
+    monkeypatch.setattr(TableStore, "discard", lambda store, item: discarded.append(item.schema.name))
     with pytest.raises(SchemaMismatchError, match="n is double, declared int"):
         stage_write(release)
     assert (_content(store, SCORES), _content(store, COUNTS)) == before  # the table staged without fault is not published
+    assert discarded == ["scores"]  # and what it staged is discarded
 
 
 def test_the_lock_is_released_even_when_the_run_log_write_is_interrupted(spark, tmp_path, monkeypatch):

@@ -12,7 +12,9 @@ Two backends write the same tables:
   commits them with delta-rs in one transaction that also removes the partition's old
   files. The data is written once and never passes through the driver.
 - `delta-spark` when the Delta JARs and SQL extension are in the session (a cluster):
-  Spark writes natively with `replaceWhere`.
+  the partition is staged as Parquet in `<output>/<audience>/_staging/`, and the commit
+  copies it into the table natively with `replaceWhere`. A staged partition that is not
+  committed is removed (`discard`).
 
 The `deltalake` writer casts silently, so every write is checked first against the
 table's declared schema (`io/schemas.py`): names, order, types and non-null columns.
@@ -97,6 +99,15 @@ def _null_counts(path: Path, meta: pq.FileMetaData, columns: list[str]) -> dict[
 
 def _same_types(found: pa.Schema, target: pa.Schema) -> bool:
     return [(f.name, f.type) for f in found] == [(f.name, f.type) for f in target]
+
+
+def _remove_staging(folder: Path) -> None:
+    """Remove a staged folder, and its `_staging` parent once empty (another run may be
+    staging beside it, or removing the parent itself: then it stays, or is gone)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        if not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
 
 
 @dataclass(frozen=True)
@@ -208,13 +219,30 @@ class TableStore:
         partition_predicate(*partition)  # checks the values
         started = time.perf_counter()
         if self.backend == "delta-spark":
-            staging = self.root / "_staging" / f"{schema.name}-{uuid.uuid4().hex}"
-            keyed.write.parquet(str(staging))
+            # Beside the audience's tables: a restricted table's rows stay under restricted/.
+            staging = self.root / schema.audience / "_staging" / f"{schema.name}-{uuid.uuid4().hex}"
+            try:
+                keyed.write.parquet(str(staging))
+            except BaseException:
+                _remove_staging(staging)
+                raise
             staged = StagedPartition(schema, partition, [], staging, time.perf_counter() - started, pseudonyms)
         else:
             actions = self._write_files(keyed.select(*data_columns), schema, *partition)
             staged = StagedPartition(schema, partition, actions, None, time.perf_counter() - started, pseudonyms)
         return staged
+
+    def discard(self, staged: StagedPartition) -> None:
+        """Remove a staged partition that will not be committed (or whose commit failed).
+
+        The delta-spark backend's staged Parquet is only the source its commit copies
+        from: removed here, or nothing would ever remove it (VACUUM does not look there).
+        The delta-rs backend's files already lie in the partition's folder, referenced by
+        no commit: Delta ignores them and VACUUM removes them; they are left as they are,
+        since a failed commit may or may not have referred to them.
+        """
+        if staged.staging_dir is not None:
+            _remove_staging(staged.staging_dir)
 
     def commit(self, staged: StagedPartition) -> int:
         """Publish a staged partition: one Delta commit replacing the partition's files."""
@@ -230,7 +258,7 @@ class TableStore:
                 .partitionBy(*PARTITION_NAMES)
                 .save(str(target))
             )
-            shutil.rmtree(staged.staging_dir, ignore_errors=True)
+            _remove_staging(staged.staging_dir)
         else:
             self._commit_actions(schema, partition, staged.actions)
         log.info(json.dumps({
@@ -280,12 +308,7 @@ class TableStore:
                 ))
             return actions
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            # A run of another partition of this table may be staging beside this one, and
-            # create its folder or remove the empty parent between the check and rmdir.
-            with contextlib.suppress(OSError):
-                if not any((target / "_staging").iterdir()):
-                    (target / "_staging").rmdir()
+            _remove_staging(staging)
 
     def _commit_actions(self, schema: TableSchema, partition: tuple[int, str, str], actions: list[AddAction]) -> None:
         target = self.path(schema)

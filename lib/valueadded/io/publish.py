@@ -152,6 +152,8 @@ def publish(store: TableStore, staged: list[StagedPartition], run_id: str) -> di
             versions[item.schema.name] = store.commit(item)
     except BaseException:
         log.error("publishing run %s failed after %d of %d tables: putting them back", run_id, len(versions), len(staged))
+        for item in staged[len(versions):]:  # the failed one and those not tried
+            store.discard(item)
         recover_partition(store, partition, {s.schema.name: s.schema for s in staged})
         raise
     journal.unlink()
