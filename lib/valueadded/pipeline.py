@@ -36,7 +36,7 @@ from valueadded.io.schemas import OUTPUT_TABLES, PUPIL_RESULTS, REJECTED_ROWS, R
 from valueadded.measures import ks2, ks4
 from valueadded.measures.cohort import build_pupil_table
 from valueadded.rollup.stage import stage_rollup
-from valueadded.spark import free, materialise
+from valueadded.spark import free, free_persisted_since, materialise, persisted_rdds
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,7 @@ def run_release(
     log.info("run %s: pupil pseudonyms keyed with %s", record.run_id, pseudonym_key)
     release = Release(spark, config, Path(input_dir), Path(output_dir), year, key_stage, data_stage, record, pseudonym_key)
     status, error = "succeeded", None
+    held_before = persisted_rdds(spark)
     lock = PartitionLock(Path(output_dir), year, key_stage, data_stage, record.run_id)
     try:
         lock.acquire()  # a second run of the same partition stops here (PartitionLockedError)
@@ -333,5 +334,9 @@ def run_release(
                 free(frame)
             if release.intake is not None:
                 release.intake.release()
+            # A stage that failed after materialising a frame and before handing it on.
+            leftover = free_persisted_since(spark, held_before)
+            if leftover:
+                log.info("freed %d checkpoint(s) the run held beyond its frames", leftover)
     log.info(json.dumps({"run_id": record.run_id, "status": status, "row_counts": record.row_counts}))
     return record

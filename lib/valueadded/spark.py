@@ -141,3 +141,24 @@ def free(frame: DataFrame) -> None:
         # Spark's cleaner may have freed it already (nothing referred to it any more).
         if frame.sparkSession.sparkContext._jsc.getPersistentRDDs().containsKey(rdd.id()):  # noqa: SLF001
             rdd.unpersist(True)
+
+
+def persisted_rdds(spark: SparkSession) -> set[int]:
+    """Ids of the RDDs whose blocks the session holds now (checkpoints and caches)."""
+    return {int(key) for key in spark.sparkContext._jsc.getPersistentRDDs().keySet()}  # noqa: SLF001
+
+
+def free_persisted_since(spark: SparkSession, before: set[int]) -> int:
+    """Release every RDD held now that was not held in `before`; return how many.
+
+    For a release's failure path: a stage that fails between materialising a frame and
+    handing it on leaves a checkpoint nothing frees by name. (Spark's cleaner would free
+    it once the JVM collects it; in a long-lived session that can be much later.)
+    """
+    held = spark.sparkContext._jsc.getPersistentRDDs()  # noqa: SLF001
+    new = [key for key in held.keySet() if int(key) not in before]
+    for key in new:
+        rdd = held.get(key)
+        if rdd is not None:
+            rdd.unpersist(True)
+    return len(new)

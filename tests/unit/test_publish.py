@@ -161,6 +161,29 @@ def test_the_lock_is_released_even_when_the_run_log_write_is_interrupted(spark, 
         pass
 
 
+def test_a_failed_release_frees_the_checkpoints_its_stages_made(spark, tmp_path, monkeypatch):
+    """A stage that fails after materialising a frame, before handing it on to later
+    stages: the run frees it, so the session's next release has the memory."""
+    from valueadded import pipeline
+    from valueadded.config import load_release_config
+    from valueadded.io.pseudonym import PseudonymKey
+    from valueadded.spark import materialise, persisted_rdds
+
+    made = {}
+
+    def failing_after_a_checkpoint(release):
+        made["checkpoint"] = materialise(spark.range(100).withColumn("twice", F.col("id") * 2))
+        raise RuntimeError("stage failed")
+
+    monkeypatch.setattr(pipeline, "stages_for", lambda key_stage: [("failing", failing_after_a_checkpoint)])
+    before = persisted_rdds(spark)
+    with pytest.raises(RuntimeError, match="stage failed"):
+        pipeline.run_release(spark, load_release_config(), tmp_path / "in", tmp_path / "out", *PARTITION,
+                             pseudonym_key=PseudonymKey("test", b"k" * 32))
+    assert made["checkpoint"] is not None  # still referred to here, so Spark's cleaner would not free it
+    assert persisted_rdds(spark) == before
+
+
 def test_tables_staged_at_once_each_run_with_their_own_copy_of_the_spark_local_properties(spark, tmp_path, monkeypatch):
     """Spark keeps a running query's execution id in the thread's local properties: two
     staging threads sharing one copy overwrote each other's mid-query."""
