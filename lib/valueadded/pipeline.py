@@ -224,7 +224,7 @@ def stage_write(release: Release) -> None:
         except BaseException:
             pool.shutdown(cancel_futures=True)  # the tables not started yet; waits for the others
             for future in pending:
-                if future.done() and not future.cancelled() and future.exception() is None:
+                if not future.cancelled() and future.exception() is None:  # all done after shutdown
                     store.discard(future.result())
             raise
     release.record.table_versions.update(publish(store, staged, release.record.run_id))

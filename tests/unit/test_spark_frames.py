@@ -7,11 +7,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import valueadded.spark as spark_module
-from valueadded.spark import LOCAL_JVM_SETTINGS, free, materialise
-
-
-def _persistent_ids(spark) -> set[int]:
-    return {int(k) for k in spark.sparkContext._jsc.getPersistentRDDs().keySet()}  # noqa: SLF001
+from valueadded.spark import LOCAL_JVM_SETTINGS, free, materialise, persisted_rdds
 
 
 def test_materialise_keeps_the_rows_cuts_the_plan_and_free_releases_them(spark):
@@ -20,18 +16,18 @@ def test_materialise_keeps_the_rows_cuts_the_plan_and_free_releases_them(spark):
         frame.groupBy("school_id").agg(F.sum("id").alias("n"))
     )
     expected = sorted(frame.collect())
-    before = _persistent_ids(spark)
+    before = persisted_rdds(spark)
 
     kept = materialise(frame)
     plan = kept._jdf.queryExecution().analyzed()  # noqa: SLF001
     assert plan.getClass().getSimpleName() == "LogicalRDD"  # later steps never analyse the union again
     assert kept.rdd.getNumPartitions() <= spark.sparkContext.defaultParallelism
     assert sorted(kept.collect()) == expected
-    held = _persistent_ids(spark) - before
+    held = persisted_rdds(spark) - before
     assert held  # the checkpoint's blocks
 
     free(kept)
-    assert not (_persistent_ids(spark) & held)
+    assert not (persisted_rdds(spark) & held)
     free(kept)  # freeing twice is harmless
     free(frame)  # so is freeing a frame that holds nothing
 

@@ -170,6 +170,7 @@ def test_the_pupil_table_stage_frees_the_rows_intake_built_its_pupils_from(spark
     """Nothing reads them after the pupil table is materialised: the rest of the release gets their memory."""
     from valueadded.io.runlog import RunRecord
     from valueadded.pipeline import Release, stage_intake, stage_pupil_table
+    from valueadded.spark import persisted_rdds
 
     folder = write_inputs(tmp_path, valid_tables())
     record = RunRecord(run_id="test", command="", year=YEAR, key_stage="ks2", data_stage="validated", config_json="{}",
@@ -180,8 +181,7 @@ def test_the_pupil_table_stage_frees_the_rows_intake_built_its_pupils_from(spark
     held = {frame._jdf.queryExecution().analyzed().rdd().id() for frame in release.intake.pupil_rows}  # noqa: SLF001
     assert len(held) == 2  # the pupils' and the results' rows
     stage_pupil_table(release)
-    persistent = {int(k) for k in spark.sparkContext._jsc.getPersistentRDDs().keySet()}  # noqa: SLF001
-    assert not (held & persistent)
+    assert not (held & persisted_rdds(spark))
     assert release.intake.pupils is None and release.intake.pupil_rows == []
     assert release.frames["pupils"].count() == accepted  # the pupil table is intact
     release.intake.release()
