@@ -58,7 +58,8 @@ class Intake:
     fingerprints: dict[str, str] = field(default_factory=dict)
     files: dict[str, InputFile] = field(default_factory=dict)
     cached: list[DataFrame] = field(default_factory=list)  # materialised frames, freed by release()
-    # The materialised rows `pupils` is read from (accepted or not, with their rules' columns).
+    # The materialised rows `pupils` is read from: every row of the pupil and results tables
+    # of this key stage, accepted or not, with their row-local rules' columns.
     pupil_rows: list[DataFrame] = field(default_factory=list)
 
     def release(self) -> None:
@@ -252,9 +253,13 @@ def run_intake(
     else:
         results = results.withColumn(AMENDED, F.lit(False))
 
-    # Row-local rules first, on each table separately.
+    # Row-local rules first, on each table separately. Their rows are computed once, here:
+    # the pairing aggregation and every later step read them from memory, and no step
+    # reads the input files or evaluates these rules again.
     pupils = rules.apply_rules(_with_known(pupils_raw, "school_id", school_ids), rules.pupil_rules(codes, PUPILS, year, key_stage, local_only=True))
     results = rules.apply_rules(results, rules.results_rules(codes, key_stage, local_only=True))
+    pupils, results = materialise(pupils), materialise(results)
+    rows_with_local_rules = [pupils, results]
 
     # Then one narrow aggregation per pupil id over both tables gives what the key and
     # pairing rules need. Only ids that are not exactly one clean row on each side can
@@ -295,9 +300,8 @@ def run_intake(
     amendments_ok, amendments_bad = _split(amendments)
     rejected_parts.append(_rejected_rows(amendments_bad, "amendments", True, False))
 
-    # Every later step reads these two; materialising them means the rules run once more only.
-    pupils = materialise(pupils)
-    results = materialise(results)
+    # The key and pairing rules are a broadcast join and a few expressions on the
+    # materialised rows: each later step (the cohort, the rejected rows) adds them itself.
     pupils_ok, pupils_bad = _split(pupils)
     results_ok, results_bad = _split(results)
     rejected_parts.append(_rejected_rows(pupils_bad, "pupils", True, True))
@@ -338,7 +342,7 @@ def run_intake(
         fingerprints={name: fingerprint(files[name]) for name in names},
         files=files,
         cached=[schools, problems, amendments, rejected],
-        pupil_rows=[pupils, results],
+        pupil_rows=rows_with_local_rules,
     )
 
 
