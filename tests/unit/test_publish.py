@@ -58,16 +58,55 @@ def test_second_run_of_a_partition_is_refused_naming_the_first(tmp_path):
     assert not any((tmp_path / "_locks").iterdir())
 
 
-def test_lock_of_a_dead_process_on_this_machine_is_taken_over(tmp_path, caplog):
+def _dead_holder(lock: PartitionLock) -> None:
+    """Leave lock's file as a run killed on this machine leaves it."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    lock = PartitionLock(tmp_path, *PARTITION, run_id="killed")
-    lock.path.parent.mkdir(parents=True)
     holder = {"run_id": "killed", "pid": dead.pid, "host": os.uname().nodename, "started_at": "2026-01-01T00:00:00+00:00"}
+    lock.path.parent.mkdir(parents=True, exist_ok=True)
     lock.path.write_text(json.dumps(holder))
+
+
+def test_lock_of_a_dead_process_on_this_machine_is_taken_over(tmp_path, caplog):
+    _dead_holder(PartitionLock(tmp_path, *PARTITION, run_id="killed"))
     with PartitionLock(tmp_path, *PARTITION, run_id="next") as taken:
         assert json.loads(taken.path.read_text())["run_id"] == "next"
     assert "no longer running" in caplog.text
+
+
+def test_two_runs_finding_the_same_stale_lock_do_not_both_take_it(tmp_path, monkeypatch):
+    first = PartitionLock(tmp_path, *PARTITION, run_id="first")
+    late = PartitionLock(tmp_path, *PARTITION, run_id="late")
+    _dead_holder(first)
+
+    def stale_and_meanwhile_first_takes_over(holder):
+        # `late` has read the dead run's lock; before it acts, `first` takes that lock over.
+        found = PartitionLock._stale(holder)
+        first.acquire()
+        return found
+
+    monkeypatch.setattr(late, "_stale", stale_and_meanwhile_first_takes_over)
+    with pytest.raises(PartitionLockedError, match="by run first "):
+        late.acquire()
+    assert first.held and json.loads(first.path.read_text())["run_id"] == "first"
+    first.release()
+    assert not any((tmp_path / "_locks").iterdir())
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard links", "no hard links"])
+def test_locks_work_with_and_without_hard_links(tmp_path, monkeypatch, hard_links):
+    if not hard_links:  # as on a cloud-storage mount
+        def no_link(*_):
+            raise PermissionError("Operation not permitted")
+        monkeypatch.setattr(os, "link", no_link)
+    with PartitionLock(tmp_path, *PARTITION, run_id="first") as first:
+        assert json.loads(first.path.read_text())["run_id"] == "first"
+        with pytest.raises(PartitionLockedError, match="by run first "):
+            PartitionLock(tmp_path, *PARTITION, run_id="second").acquire()
+    _dead_holder(first)
+    with PartitionLock(tmp_path, *PARTITION, run_id="next") as taken:
+        assert json.loads(taken.path.read_text())["run_id"] == "next"
+    assert not any((tmp_path / "_locks").iterdir())
 
 
 def test_release_of_a_busy_partition_exits_with_code_4(tmp_path):

@@ -17,7 +17,8 @@ tables. Delta commits one table at a time, so publishing them together takes thr
    at once, naming the run that holds it. Runs for other partitions (another year, key
    stage or data stage) take other locks and may run at the same time. A lock left by a
    killed process on this machine (its process id no longer running) is taken over with
-   a warning.
+   a warning. A lock is created whole (its content written first, then linked to its
+   name), and two runs that find the same stale lock cannot both take it over.
 
 Putting a partition back restores the files it had at the recorded version (still on
 disk: the engine never vacuums) in a new commit that touches only that partition, so a
@@ -77,29 +78,80 @@ class PartitionLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        content = {
+        content = json.dumps({
             "run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname(),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        })
         for attempt in (1, 2):
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if attempt == 1 and self._stale(holder):
-                    log.warning("taking over the lock %s of run %s: its process %s is no longer running",
-                                self.path, holder.get("run_id"), holder.get("pid"))
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise PartitionLockedError(
-                    f"{self.path.stem} is being released by run {holder.get('run_id', '?')} (process {holder.get('pid', '?')} "
-                    f"on {holder.get('host', '?')}, since {holder.get('started_at', '?')}); wait for it to finish. If that "
-                    f"run is dead on another machine, delete {self.path} and run again."
-                ) from None
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(json.dumps(content))
-            self.held = True
-            return
+            if self._create(content):
+                self.held = True
+                return
+            holder = self._holder()
+            if attempt == 1 and self._stale(holder) and self._remove_if_still(holder):
+                log.warning("taking over the lock %s of run %s: its process %s is no longer running",
+                            self.path, holder.get("run_id"), holder.get("pid"))
+                continue
+            holder = self._holder() or holder
+            raise PartitionLockedError(
+                f"{self.path.stem} is being released by run {holder.get('run_id', '?')} (process {holder.get('pid', '?')} "
+                f"on {holder.get('host', '?')}, since {holder.get('started_at', '?')}); wait for it to finish. If that "
+                f"run is dead on another machine, delete {self.path} and run again."
+            )
+
+    def _create(self, content: str) -> bool:
+        """Create the lock file with its content in one step; False if it exists.
+
+        The content is written to a file of this run's own first and hard-linked to the
+        lock's name, which fails if that exists: no other run ever reads an empty or half
+        written lock. Where the file system has no hard links (some cloud-storage mounts),
+        the lock is created exclusively and then written.
+        """
+        own = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
+        own.write_text(content)
+        try:
+            os.link(own, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            pass
+        finally:
+            own.unlink(missing_ok=True)
+        try:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(content)
+        return True
+
+    def _remove_if_still(self, holder: dict) -> bool:
+        """Remove the lock if it is still the one `holder` was read from; True if it is gone.
+
+        Two runs can find the same stale lock. Each moves the lock aside under a name of its
+        own (a rename: only one of them gets it) and removes it only if it is the stale one;
+        a lock another run has meanwhile taken over is put back, and this run is refused.
+        """
+        aside = self.path.with_name(f".{self.path.name}.stale.{uuid.uuid4().hex}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:  # another run removed it first
+            return True
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = {}
+        if moved == holder:
+            aside.unlink(missing_ok=True)
+            return True
+        try:
+            os.link(aside, self.path)
+        except FileExistsError:
+            log.error("the lock %s of run %s was replaced while it was being checked", self.path, moved.get("run_id"))
+        except OSError:  # no hard links here
+            os.replace(aside, self.path)
+        aside.unlink(missing_ok=True)
+        return False
 
     def _holder(self) -> dict:
         try:
