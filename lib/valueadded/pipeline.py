@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 KEY_STAGES = ("ks2", "ks4")
 DATA_STAGES = ("unvalidated", "validated")
+# The thread-local properties SparkContext.setJobGroup sets: a release sets its own and
+# puts the caller's back when it ends.
+JOB_GROUP_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
 
 
 class ReconciliationError(RuntimeError):
@@ -303,6 +306,7 @@ def run_release(
     release = Release(spark, config, Path(input_dir), Path(output_dir), year, key_stage, data_stage, record, pseudonym_key)
     status, error = "succeeded", None
     held_before = persisted_rdds(spark)
+    callers_job_group = {key: spark.sparkContext.getLocalProperty(key) for key in JOB_GROUP_PROPERTIES}
     lock = PartitionLock(Path(output_dir), year, key_stage, data_stage, record.run_id)
     try:
         lock.acquire()  # a second run of the same partition stops here (PartitionLockedError)
@@ -338,5 +342,8 @@ def run_release(
             leftover = free_persisted_since(spark, held_before)
             if leftover:
                 log.info("freed %d checkpoint(s) the run held beyond its frames", leftover)
+            # The caller's later jobs (a notebook's, the next release's) are not the run log's.
+            for key, value in callers_job_group.items():
+                spark.sparkContext.setLocalProperty(key, value)
     log.info(json.dumps({"run_id": record.run_id, "status": status, "row_counts": record.row_counts}))
     return record

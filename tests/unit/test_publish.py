@@ -223,6 +223,29 @@ def test_a_failed_release_frees_the_checkpoints_its_stages_made(spark, tmp_path,
     assert persisted_rdds(spark) == before
 
 
+@pytest.mark.parametrize("callers_group", [None, "notebook"], ids=["no job group", "a notebook's job group"])
+def test_a_release_puts_the_callers_job_group_back(spark, tmp_path, monkeypatch, callers_group):
+    """Jobs a notebook runs after a release are not shown under the release's run log."""
+    from valueadded import pipeline
+    from valueadded.config import load_release_config
+    from valueadded.io.pseudonym import PseudonymKey
+
+    context = spark.sparkContext
+    for key in pipeline.JOB_GROUP_PROPERTIES:  # whatever earlier tests left on this thread
+        context.setLocalProperty(key, None)
+    if callers_group:
+        context.setJobGroup(callers_group, "the analyst's own queries")
+    monkeypatch.setattr(pipeline, "stages_for", lambda key_stage: [("nothing", lambda release: None)])
+    try:
+        pipeline.run_release(spark, load_release_config(), tmp_path / "in", tmp_path / "out", *PARTITION,
+                             pseudonym_key=PseudonymKey("test", b"k" * 32))
+        assert context.getLocalProperty("spark.jobGroup.id") == callers_group
+        assert context.getLocalProperty("spark.job.description") == ("the analyst's own queries" if callers_group else None)
+    finally:
+        for key in pipeline.JOB_GROUP_PROPERTIES:
+            context.setLocalProperty(key, None)
+
+
 def test_tables_staged_at_once_each_run_with_their_own_copy_of_the_spark_local_properties(spark, tmp_path, monkeypatch):
     """Spark keeps a running query's execution id in the thread's local properties: two
     staging threads sharing one copy overwrote each other's mid-query."""
