@@ -93,12 +93,13 @@ def test_two_runs_finding_the_same_stale_lock_do_not_both_take_it(tmp_path, monk
     assert not any((tmp_path / "_locks").iterdir())
 
 
-@pytest.mark.parametrize("hard_links", [True, False], ids=["hard links", "no hard links"])
-def test_locks_work_with_and_without_hard_links(tmp_path, monkeypatch, hard_links):
-    if not hard_links:  # as on a cloud-storage mount
-        def no_link(*_):
+@pytest.mark.parametrize("links_and_renames", [True, False], ids=["local file system", "no hard links or renames"])
+def test_locks_work_with_and_without_hard_links_and_renames(tmp_path, monkeypatch, links_and_renames):
+    if not links_and_renames:  # as on some cloud-storage mounts
+        def not_permitted(*_):
             raise PermissionError("Operation not permitted")
-        monkeypatch.setattr(os, "link", no_link)
+        monkeypatch.setattr(os, "link", not_permitted)
+        monkeypatch.setattr(os, "rename", not_permitted)
     with PartitionLock(tmp_path, *PARTITION, run_id="first") as first:
         assert json.loads(first.path.read_text())["run_id"] == "first"
         with pytest.raises(PartitionLockedError, match="by run first "):

@@ -137,6 +137,9 @@ class PartitionLock:
             os.rename(self.path, aside)
         except FileNotFoundError:  # another run removed it first
             return True
+        except OSError:  # no renames here: remove it, unchecked
+            self.path.unlink(missing_ok=True)
+            return True
         try:
             moved = json.loads(aside.read_text())
         except (OSError, ValueError):
