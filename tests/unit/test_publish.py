@@ -195,7 +195,6 @@ def test_the_lock_is_released_even_when_the_run_log_write_is_interrupted(spark, 
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_release(spark, load_release_config(), tmp_path / "in", tmp_path / "out", *PARTITION,
                              pseudonym_key=PseudonymKey("test", b"k" * 32))
-    spark.sparkContext.setJobGroup("", "")
     assert not any((tmp_path / "out" / "_locks").iterdir())
     with PartitionLock(tmp_path / "out", *PARTITION, run_id="next"):  # the partition is free
         pass
