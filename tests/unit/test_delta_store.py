@@ -89,30 +89,40 @@ def test_data_is_written_once_in_place_and_committed_with_row_counts(spark, tmp_
     assert all(path.startswith("academic_year=2024/key_stage=ks2/data_stage=unvalidated/") for path in actions["path"])
     data_files = sorted(p.relative_to(store.path(SCORES)).as_posix() for p in store.path(SCORES).rglob("*.parquet"))
     assert data_files == sorted(actions["path"])
-    assert not (store.path(SCORES) / "_staging").exists()
+    assert not list(store.path(SCORES).glob("_staging*"))
     assert store.read(SCORES).count() == 100
 
 
-def test_a_run_staging_beside_this_one_does_not_fail_its_clean_up(spark, tmp_path, monkeypatch):
-    """Runs of two partitions of one table stage under the same `_staging` folder: the
-    other run may create its folder there (or remove the empty folder) just as this run
-    tidies up. The partition is staged all the same."""
-    import errno
+def test_runs_staging_into_one_table_at_once_share_no_folder_and_leave_each_others_alone(spark, tmp_path, monkeypatch):
+    """Runs of two partitions of one table stage at the same time. Each stages in a folder
+    of its own directly in the table's folder, so neither run's clean-up can remove a
+    folder the other is writing into (with one shared `_staging` folder, removed once
+    empty, a run could remove it just as the other's Spark created its folder in it)."""
+    import shutil
     from pathlib import Path
 
+    from valueadded.io import delta_store
+
     store = TableStore(spark, tmp_path)
-    original = Path.rmdir
+    store.replace_partition(_frame(spark, [("A", 0.5, 10)]), SCORES, 2023, "ks2", "unvalidated")  # the table exists
+    other_run = store.path(SCORES) / "_staging-other-run"
+    (other_run / "_temporary").mkdir(parents=True)  # another run's Spark write in progress
+    removed = []
+    original_rmtree = shutil.rmtree
 
-    def other_run_just_started(path):
-        if path.name == "_staging":
-            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(path))
-        original(path)
+    def recorded(path, *args, **kwargs):
+        removed.append(Path(path))
+        original_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "rmdir", other_run_just_started)
-    version = store.replace_partition(_frame(spark, [("A", 0.5, 10)]), SCORES, 2024, "ks2", "unvalidated")
+    monkeypatch.setattr(delta_store.shutil, "rmtree", recorded)
+    staged = store.stage_partition(_frame(spark, [("B", 0.1, 5)]), SCORES, 2024, "ks2", "unvalidated")
+    store.commit(staged)
     monkeypatch.undo()
-    assert version == 0
-    assert _partition_rows(store, year=2024, key_stage="ks2", data_stage="unvalidated") == [("A", 0.5, 10)]
+
+    assert [path.parent for path in removed] == [store.path(SCORES)]  # only its own folder, in the table's folder
+    assert removed[0].name.startswith("_staging-") and removed[0] != other_run
+    assert (other_run / "_temporary").is_dir()
+    assert _partition_rows(store, year=2024, key_stage="ks2", data_stage="unvalidated") == [("B", 0.1, 5)]
 
 
 def test_the_delta_spark_backend_stages_beside_its_audience_and_discards_what_it_staged(spark, tmp_path):
@@ -122,16 +132,15 @@ def test_the_delta_spark_backend_stages_beside_its_audience_and_discards_what_it
     store = TableStore(spark, tmp_path, backend="delta-spark")
     staged = store.stage_partition(_frame(spark, [("A", 0.5, 10)]), SCORES, 2024, "ks2", "unvalidated")
     assert SCORES.audience == "restricted"
-    assert staged.staging_dir.parent == tmp_path / "restricted" / "_staging"
+    assert staged.staging_dir.parent == tmp_path / "restricted" and staged.staging_dir.name.startswith("_staging-scores-")
     assert spark.read.parquet(str(staged.staging_dir)).count() == 1
     published = dataclasses.replace(SCORES, audience="published")
     other = store.stage_partition(_frame(spark, [("B", 0.1, 5)]), published, 2024, "ks2", "unvalidated")
-    assert other.staging_dir.parent == tmp_path / "published" / "_staging"
+    assert other.staging_dir.parent == tmp_path / "published" and other.staging_dir.name.startswith("_staging-scores-")
 
     store.discard(staged)
     store.discard(other)
-    assert not (tmp_path / "restricted" / "_staging").exists()
-    assert not (tmp_path / "published" / "_staging").exists()
+    assert not list(tmp_path.glob("*/_staging*"))
 
 
 def test_a_failed_publication_discards_the_staged_partitions_it_did_not_commit(spark, tmp_path, monkeypatch):
@@ -149,4 +158,4 @@ def test_a_failed_publication_discards_the_staged_partitions_it_did_not_commit(s
     with pytest.raises(OSError, match="cluster storage unavailable"):
         publishing.publish(store, [first, second], "failing")
     assert not first.staging_dir.exists() and not second.staging_dir.exists()
-    assert not (tmp_path / "restricted" / "_staging").exists()
+    assert not list(tmp_path.glob("*/_staging*"))

@@ -355,7 +355,7 @@ def test_release_killed_with_a_signal_leaves_every_table_as_it_was(generated_rel
     )
     deadline = time.monotonic() + 600
     # Wait until it is writing table files, then kill the whole process group (driver and JVM).
-    while not list(output.glob("*/*/_staging")) and process.poll() is None and time.monotonic() < deadline:
+    while not list(output.glob("*/*/_staging-*")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, "the release finished before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)

@@ -12,9 +12,14 @@ Two backends write the same tables:
   commits them with delta-rs in one transaction that also removes the partition's old
   files. The data is written once and never passes through the driver.
 - `delta-spark` when the Delta JARs and SQL extension are in the session (a cluster):
-  the partition is staged as Parquet in `<output>/<audience>/_staging/`, and the commit
-  copies it into the table natively with `replaceWhere`. A staged partition that is not
-  committed is removed (`discard`).
+  the partition is staged as Parquet in `<output>/<audience>/_staging-<table>-<token>/`,
+  and the commit copies it into the table natively with `replaceWhere`. A staged
+  partition that is not committed is removed (`discard`).
+
+Each write stages in a folder of its own, named `_staging-...` beside the tables or in
+the table's folder (Delta ignores folders whose names start with `_`), and removes only
+that folder: runs of other partitions staging at the same time share no folder, so
+neither can remove one the other is writing into.
 
 The `deltalake` writer casts silently, so every write is checked first against the
 table's declared schema (`io/schemas.py`): names, order, types and non-null columns.
@@ -27,7 +32,6 @@ with that key; a store without a key refuses to write such a table.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -101,13 +105,12 @@ def _same_types(found: pa.Schema, target: pa.Schema) -> bool:
     return [(f.name, f.type) for f in found] == [(f.name, f.type) for f in target]
 
 
-def _remove_staging(folder: Path) -> None:
-    """Remove a staged folder, and its `_staging` parent once empty (another run may be
-    staging beside it, or removing the parent itself: then it stays, or is gone)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        if not any(folder.parent.iterdir()):
-            folder.parent.rmdir()
+STAGING_PREFIX = "_staging-"
+
+
+def _staging_folder(parent: Path, *names: str) -> Path:
+    """A new folder name for one write's staged files, in `parent`, owned by that write alone."""
+    return parent / (STAGING_PREFIX + "-".join((*names, uuid.uuid4().hex)))
 
 
 @dataclass(frozen=True)
@@ -220,11 +223,11 @@ class TableStore:
         started = time.perf_counter()
         if self.backend == "delta-spark":
             # Beside the audience's tables: a restricted table's rows stay under restricted/.
-            staging = self.root / schema.audience / "_staging" / f"{schema.name}-{uuid.uuid4().hex}"
+            staging = _staging_folder(self.root / schema.audience, schema.name)
             try:
                 keyed.write.parquet(str(staging))
             except BaseException:
-                _remove_staging(staging)
+                shutil.rmtree(staging, ignore_errors=True)
                 raise
             staged = StagedPartition(schema, partition, [], staging, time.perf_counter() - started, pseudonyms)
         else:
@@ -242,7 +245,7 @@ class TableStore:
         since a failed commit may or may not have referred to them.
         """
         if staged.staging_dir is not None:
-            _remove_staging(staged.staging_dir)
+            shutil.rmtree(staged.staging_dir, ignore_errors=True)
 
     def commit(self, staged: StagedPartition) -> int:
         """Publish a staged partition: one Delta commit replacing the partition's files."""
@@ -258,7 +261,7 @@ class TableStore:
                 .partitionBy(*PARTITION_NAMES)
                 .save(str(target))
             )
-            _remove_staging(staged.staging_dir)
+            shutil.rmtree(staged.staging_dir, ignore_errors=True)
         else:
             self._commit_actions(schema, partition, staged.actions)
         log.info(json.dumps({
@@ -278,8 +281,8 @@ class TableStore:
         only unreferenced files, which Delta ignores (and VACUUM removes).
         """
         target = self.path(schema)
-        token = uuid.uuid4().hex
-        staging = target / "_staging" / token
+        staging = _staging_folder(target)
+        token = staging.name[len(STAGING_PREFIX):]
         partition_dir = f"academic_year={int(year)}/key_stage={key_stage}/data_stage={data_stage}"
         try:
             frame.coalesce(partitions_per_core(frame)).write.mode("overwrite").parquet(str(staging))
@@ -308,7 +311,7 @@ class TableStore:
                 ))
             return actions
         finally:
-            _remove_staging(staging)
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _commit_actions(self, schema: TableSchema, partition: tuple[int, str, str], actions: list[AddAction]) -> None:
         target = self.path(schema)
