@@ -110,6 +110,18 @@ def test_locks_work_with_and_without_hard_links_and_renames(tmp_path, monkeypatc
     assert not any((tmp_path / "_locks").iterdir())
 
 
+@pytest.mark.parametrize("content", ["", "{not json", "{}"], ids=["empty", "unreadable", "no run"])
+def test_a_lock_that_names_no_run_is_reported_as_such_and_left_alone(tmp_path, content):
+    """A lock left empty (a crash of an older version mid-write) or made by hand names no
+    holder: the run is refused with a message that says so, and the lock is not touched."""
+    lock = PartitionLock(tmp_path, *PARTITION, run_id="next")
+    lock.path.parent.mkdir(parents=True)
+    lock.path.write_text(content)
+    with pytest.raises(PartitionLockedError, match=r"2024-ks2-unvalidated is locked by .*names no run .*delete it and run again"):
+        lock.acquire()
+    assert lock.path.read_text() == content and not lock.held
+
+
 def test_release_of_a_busy_partition_exits_with_code_4(tmp_path):
     with PartitionLock(tmp_path / "out", 2024, "ks2", "unvalidated", run_id="holder"):
         code = main(["release", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--year", "2024",

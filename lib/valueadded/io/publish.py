@@ -92,8 +92,15 @@ class PartitionLock:
                             self.path, holder.get("run_id"), holder.get("pid"))
                 continue
             holder = self._holder() or holder
+            if not holder.get("run_id"):
+                # Not a lock this engine writes whole: one cut short by a crash of an older
+                # version, one made by hand, or (without hard links) one being written now.
+                raise PartitionLockedError(
+                    f"{self.path.stem} is locked by {self.path}, which names no run (it is empty or unreadable); "
+                    f"if no release of this partition is running, delete it and run again."
+                )
             raise PartitionLockedError(
-                f"{self.path.stem} is being released by run {holder.get('run_id', '?')} (process {holder.get('pid', '?')} "
+                f"{self.path.stem} is being released by run {holder['run_id']} (process {holder.get('pid', '?')} "
                 f"on {holder.get('host', '?')}, since {holder.get('started_at', '?')}); wait for it to finish. If that "
                 f"run is dead on another machine, delete {self.path} and run again."
             )
