@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from valueadded.bench import DEFAULT_RELEASES, parse_releases
 from valueadded.config import CVA_EMPTY_TERMS, ConfigError, load_release_config
 from valueadded.cva.reml import RemlError
 from valueadded.io.inputs import StructuralInputError
@@ -133,13 +134,20 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench_releases(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        return parse_releases(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from valueadded.bench import run_benchmark, run_cva_benchmark
 
     if args.cva:
         run_cva_benchmark(year=args.year, seed=args.seed, scale=args.scale, work_dir=Path(args.work_dir), statsmodels=args.statsmodels)
         return EXIT_OK
-    run_benchmark(year=args.year, seed=args.seed, scale=args.scale, work_dir=Path(args.work_dir))
+    run_benchmark(year=args.year, seed=args.seed, scale=args.scale, work_dir=Path(args.work_dir), releases=args.releases)
     return EXIT_OK
 
 
@@ -202,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=DEFAULT_SEED)
     bench.add_argument("--scale", type=float, default=1.0)
     bench.add_argument("--work-dir", default="bench-work", help="scratch folder (replaced)")
+    bench.add_argument(
+        "--releases", type=_bench_releases, default=DEFAULT_RELEASES, metavar="KS[:STAGE],...",
+        help="the releases to run, in this order, in one session (the first also warms the JVM); e.g. ks4 or "
+        "ks4:unvalidated,ks2:validated; default ks2,ks4 (each unvalidated, then validated)",
+    )
     bench.add_argument("--cva", action="store_true", help="benchmark the CVA engine instead: KS4 design, gather and REML fit")
     bench.add_argument("--statsmodels", action="store_true", help="with --cva: also time statsmodels MixedLM on the same data")
     bench.set_defaults(handler=cmd_bench)

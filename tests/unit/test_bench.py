@@ -1,10 +1,13 @@
 """The benchmark's CPU figures (the benchmark itself is not a test: bin/bench)."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
 
+from valueadded import bench
 from valueadded.bench import busy_cpu_seconds, cpu_line, jvm_work_seconds
+from valueadded.cli import build_parser
 
 
 @pytest.mark.parametrize(
@@ -40,3 +43,33 @@ def test_jvm_work_seconds_of_a_local_session_grow_with_work(spark):
 def test_jvm_work_seconds_are_not_given_for_a_cluster():
     # The driver's own JIT and GC say nothing of a cluster's executors.
     assert jvm_work_seconds(SimpleNamespace(sparkContext=SimpleNamespace(master="yarn"))) is None
+
+
+@pytest.mark.parametrize(
+    "text, releases",
+    [
+        ("ks4", (("ks4", "unvalidated"), ("ks4", "validated"))),
+        ("ks4:validated,ks2:unvalidated", (("ks4", "validated"), ("ks2", "unvalidated"))),  # in the order given
+        (" ks2:validated , ", (("ks2", "validated"),)),
+        ("ks2,ks4", bench.DEFAULT_RELEASES),
+    ],
+)
+def test_the_benchmark_runs_the_releases_listed_in_their_order(text, releases):
+    assert bench.parse_releases(text) == releases
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("ks3", "release 'ks3': expected KEY_STAGE or KEY_STAGE:DATA_STAGE"),
+        ("ks2:checked", "release 'ks2:checked'"),
+        ("ks2,ks2:validated", "release ks2:validated is listed twice"),
+        (",", "no release to run"),
+    ],
+)
+def test_a_release_list_the_benchmark_cannot_run_is_refused_with_the_reason(text, message, capsys):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        bench.parse_releases(text)
+    with pytest.raises(SystemExit) as exit_:  # the command line: argparse's usage error, exit 2
+        build_parser().parse_args(["bench", "--releases", text])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
