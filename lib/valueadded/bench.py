@@ -1,12 +1,12 @@
 """The benchmark (not a test): national-size generation and releases, with figures printed.
 
 `valueadded bench` generates the cohort, starts Spark, runs each key stage's release in
-both data stages (or the releases `--releases` lists, in its order), and prints wall seconds per stage, pupils per second, and the peak
-memory of the Python driver and of the Spark JVM. For a local session it also prints,
-per release, the CPU seconds the machine spent busy, and of the JVM's own work the
-seconds its JIT compiler took and the garbage collector paused: on a 2-core machine a
-release is CPU-bound, and these say how much of it is not the data. It never asserts a
-time.
+both data stages (or the releases `--releases` lists, in its order), and prints wall
+seconds per stage, pupils per second, and the peak memory of the Python driver and of
+the Spark JVM. For a local session it also prints, per release, the CPU seconds the
+machine spent busy, and of the JVM's own work the seconds its JIT compiler took and the
+garbage collector paused: on a 2-core machine a release is CPU-bound, and these say how
+much of it is not the data. It never asserts a time.
 
 `valueadded bench --cva` measures the CVA engine alone on the KS4 cohort with the full
 KS2-4 specification (conf/models/ks4_mainstream.yaml): building the design in Spark, the
