@@ -105,12 +105,8 @@ def _same_types(found: pa.Schema, target: pa.Schema) -> bool:
     return [(f.name, f.type) for f in found] == [(f.name, f.type) for f in target]
 
 
+# Each write's staged files go to a folder of its own, `STAGING_PREFIX` + a new token.
 STAGING_PREFIX = "_staging-"
-
-
-def _staging_folder(parent: Path, *names: str) -> Path:
-    """A new folder name for one write's staged files, in `parent`, owned by that write alone."""
-    return parent / (STAGING_PREFIX + "-".join((*names, uuid.uuid4().hex)))
 
 
 @dataclass(frozen=True)
@@ -223,7 +219,7 @@ class TableStore:
         started = time.perf_counter()
         if self.backend == "delta-spark":
             # Beside the audience's tables: a restricted table's rows stay under restricted/.
-            staging = _staging_folder(self.root / schema.audience, schema.name)
+            staging = self.root / schema.audience / f"{STAGING_PREFIX}{schema.name}-{uuid.uuid4().hex}"
             try:
                 keyed.write.parquet(str(staging))
             except BaseException:
@@ -281,8 +277,8 @@ class TableStore:
         only unreferenced files, which Delta ignores (and VACUUM removes).
         """
         target = self.path(schema)
-        staging = _staging_folder(target)
-        token = staging.name[len(STAGING_PREFIX):]
+        token = uuid.uuid4().hex
+        staging = target / f"{STAGING_PREFIX}{token}"
         partition_dir = f"academic_year={int(year)}/key_stage={key_stage}/data_stage={data_stage}"
         try:
             frame.coalesce(partitions_per_core(frame)).write.mode("overwrite").parquet(str(staging))
