@@ -61,6 +61,15 @@ def test_school_progress_is_the_mean_of_its_pupils(ks2_release):
     assert (schools.n == schools["count"]).all()
 
 
+def test_a_pupil_without_a_score_has_a_reason_and_a_pupil_with_one_has_none(ks2_release):
+    _, store = ks2_release
+    for stage in ("unvalidated", "validated"):
+        progress = _table(store, PUPIL_PROGRESS, stage)
+        assert (progress.in_progress == progress.progress.notna()).all(), stage
+        assert (progress.in_progress == progress.exclusion_reason.isna()).all(), stage
+        assert (progress.in_progress | ~progress.in_national).all(), stage
+
+
 def test_pupil_table_has_prior_attainment_and_stages_differ_by_checking_exercise(ks2_release):
     root, store = ks2_release
     unvalidated = _table(store, PUPIL_RESULTS, "unvalidated").set_index("pupil_id")

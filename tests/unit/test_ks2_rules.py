@@ -116,6 +116,24 @@ def test_estimate_progress_and_cap_worked_by_hand(spark):
     assert schools["A"].n == 10 and schools["A"].score == pytest.approx(-3.617623, abs=1e-6)
 
 
+def test_a_group_with_no_state_funded_mainstream_pupil_has_no_estimate_and_its_pupils_say_so(spark):
+    # Group 1: mainstream pupils (outcomes 100, 102); group 2: one special-school pupil,
+    # who has a start point and an outcome but no estimate to be measured against.
+    long = spark.createDataFrame(
+        [("m1", "A", "reading", 1, 100.0, True, True, None), ("m2", "A", "reading", 1, 102.0, True, True, None),
+         ("s1", "S", "reading", 2, 95.0, True, False, None), ("x1", "S", "reading", 2, None, False, False, "test_code_A")],
+        "pupil_id string, school_id string, subject string, prior_attainment_group int, outcome double, "
+        "in_progress boolean, in_national boolean, exclusion_reason string",
+    )
+    result = estimates.progress_measures(long, WORKED_RULES)
+    assert [r.prior_attainment_group for r in result["estimates"].collect()] == [1]
+    pupils = {r.pupil_id: r for r in estimates.without_estimate_is_excluded(result["pupils"]).collect()}
+    assert (pupils["s1"].in_progress, pupils["s1"].progress, pupils["s1"].exclusion_reason) == (False, None, "no_national_estimate")
+    assert (pupils["x1"].in_progress, pupils["x1"].exclusion_reason) == (False, "test_code_A")  # the first reason stays
+    assert (pupils["m1"].in_progress, pupils["m1"].progress, pupils["m1"].exclusion_reason) == (True, -1.0, None)
+    assert {r.school_id for r in result["schools"].collect()} == {"A"}
+
+
 def test_median_line_option(spark):
     median_rules = estimates.ProgressRules(estimate_method="median", extreme_share=0.0, divisors={}, well_thresholds={})
     result = estimates.progress_measures(_worked_long(spark), median_rules)
@@ -210,3 +228,4 @@ def test_attainment_measures_aggregate_the_pupils_once(spark):
 
 def _score(value: str) -> int | None:
     return int(value) if value else None
+

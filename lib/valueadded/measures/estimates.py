@@ -331,6 +331,27 @@ def _data_columns(schema) -> list[str]:
     return [name for name in schema.names if name not in PARTITION_NAMES]
 
 
+NO_NATIONAL_ESTIMATE = "no_national_estimate"
+
+
+def without_estimate_is_excluded(pupils: DataFrame) -> DataFrame:
+    """A pupil whose group has no estimate has no score: say why instead of a silent null.
+
+    Such a group has no state-funded mainstream pupil (computed estimates; e.g. a group
+    only special-school pupils are in) or is missing from a published table. Its pupils
+    get `exclusion_reason` no_national_estimate and leave `in_progress` and `in_national`.
+
+    Args:
+        pupils: progress_measures()["pupils"], with an `exclusion_reason` column.
+    """
+    unestimated = F.col("in_progress") & F.col("estimate").isNull()
+    return (
+        pupils.withColumn("exclusion_reason", F.when(unestimated, F.lit(NO_NATIONAL_ESTIMATE)).otherwise(F.col("exclusion_reason")))
+        .withColumn("in_progress", F.col("in_progress") & ~unestimated)
+        .withColumn("in_national", F.col("in_national") & ~unestimated)
+    )
+
+
 def pupil_progress_rows(pupils: DataFrame) -> DataFrame:
     """The `pupil_progress` columns (partition columns are added by the writer).
 

@@ -10,7 +10,8 @@ The stage reads the pupil table (one row per accepted pupil of the KS2 cohort) a
 3. computes national estimates, progress, the extreme-negative adjustment, school
    scores, intervals and bands (estimates.py); the national estimates count pupils
    of state-funded mainstream schools only, while pupils of special schools get
-   progress scores too;
+   progress scores too. A pupil in a group with no estimate (no state-funded
+   mainstream pupil is in it) has no score, with reason `no_national_estimate`;
 4. computes attainment per school: % at the expected and the higher standard in
    reading, writing, maths and all three (denominator: every included pupil, whatever
    their result code), and the average scaled score in reading and maths over pupils
@@ -210,7 +211,7 @@ def stage_measures(release) -> None:
     release.frames["ks2_long"] = long
     release.record.row_counts["ks2_z_star"] = result["z_star"]
     release.publish(PUPIL_RESULTS, pupils.select(*PUPIL_RESULTS.names, *carried_pseudonyms(pupils)))
-    release.publish(PUPIL_PROGRESS, estimates.pupil_progress_rows(result["pupils"]))
+    release.publish(PUPIL_PROGRESS, estimates.pupil_progress_rows(estimates.without_estimate_is_excluded(result["pupils"])))
     release.publish(NATIONAL_ESTIMATES, estimates.national_estimate_rows(result["estimates"], "computed"))
     school_rows = estimates.school_progress_rows(result["schools"]).unionByName(attainment_rows(pupils, tables))
     release.publish(SCHOOL_MEASURES, school_rows)

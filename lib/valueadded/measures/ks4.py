@@ -48,6 +48,7 @@ from valueadded.measures.estimates import (
     progress_measures,
     pupil_progress_rows,
     school_progress_rows,
+    without_estimate_is_excluded,
 )
 from valueadded.measures.ks4_prior_attainment import NO_PRIOR_ATTAINMENT, ks2_prior_attainment, prior_attainment_group
 from valueadded.measures.ks4_tables import KS4_SUBJECTS, KS4YearTables, load_ks4_tables
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 KEY_STAGE = "ks4"
 COMPUTED_SOURCE = "computed"
 NOT_ENTERED = "not_entered"
-NO_NATIONAL_ESTIMATE = "no_national_estimate"
 NATIONAL_PROVISION, NATIONAL_SECTOR = "mainstream", "state_funded"
 ATTAINMENT_8_MEASURE = "attainment_8"
 PROGRESS_8_MEASURE = "progress_8"
@@ -150,14 +150,6 @@ def progress_long_frame(pupils: DataFrame) -> DataFrame:
     )
 
 
-def _without_estimate_is_excluded(pupils: DataFrame) -> DataFrame:
-    """A pupil in a group with no estimate has no score: say so instead of a silent null."""
-    unestimated = F.col("in_progress") & F.col("estimate").isNull()
-    return pupils.withColumn("exclusion_reason", F.when(unestimated, F.lit(NO_NATIONAL_ESTIMATE)).otherwise(F.col("exclusion_reason"))).withColumn(
-        "in_progress", F.col("in_progress") & ~unestimated
-    ).withColumn("in_national", F.col("in_national") & ~unestimated)
-
-
 def attainment_8_school_rows(pupils: DataFrame) -> DataFrame:
     """`school_measures` rows `attainment_8`: mean A8 of each school's included pupils, with n."""
     return (
@@ -219,7 +211,7 @@ def stage_measures(release) -> None:
     result = progress_measures(long, tables.progress_rules(), published)
     release.record.row_counts["ks4_z_star"] = result["z_star"]
 
-    release.publish(PUPIL_PROGRESS, pupil_progress_rows(_without_estimate_is_excluded(result["pupils"])))
+    release.publish(PUPIL_PROGRESS, pupil_progress_rows(without_estimate_is_excluded(result["pupils"])))
     release.publish(NATIONAL_ESTIMATES, national_estimate_rows(result["estimates"], source))
     release.publish(SCHOOL_MEASURES, school_measure_rows(result["schools"], pupils))
     log.info("ks4 measures: estimates %s, z* %s", source, result["z_star"])
