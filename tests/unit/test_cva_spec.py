@@ -50,6 +50,7 @@ def test_ks2_mainstream_has_no_school_level_terms_and_two_subject_differences():
     assert spec.prior.subject_differences == ("reading", "maths")
     assert spec.prior.points["EXS"] == 8 and spec.prior.points["2B"] == 15 and spec.prior.points["4+"] == 27
     assert spec.outcome.nominal_scores.sat_no_scaled_score == 79
+    assert spec.outcome.nominal_scores.sat_no_scaled_score_ta == ("HNM", "EXS")
     assert spec.outcome.school_score_centre == 100
 
 
@@ -84,6 +85,8 @@ def ks4_content():
     (lambda c: c.pop("school_terms"), r"missing key\(s\) \['school_terms'\]"),
     (lambda c: c["outcome"].update(extra=1), r"outcome: unknown key\(s\) \['extra'\]"),
     (lambda c: c["prior_attainment"]["nominal_scores"].pop("pre_key_stage"), r"nominal_scores: missing key"),
+    (lambda c: c["prior_attainment"]["nominal_scores"].pop("sat_no_scaled_score_ta"), r"nominal_scores: missing key"),
+    (lambda c: c["prior_attainment"]["nominal_scores"].update(sat_no_scaled_score_ta=["HNM", "XYZ"]), r"unknown code\(s\) \['XYZ'\]"),
     (lambda c: c["categorical"][2]["levels"].update(eth_XXXX=["XXXX"]), r"unknown ethnicity code\(s\) \['XXXX'\]"),
     (lambda c: c["categorical"][2]["levels"].pop("eth_UNCL"), r"\['UNCL'\] are neither the reference nor in a level"),
     (lambda c: c["categorical"][1]["levels"].update(sen_plan=["E", "K"]), r"\['K'\] assigned more than once"),

@@ -229,3 +229,29 @@ def test_attainment_measures_aggregate_the_pupils_once(spark):
 def _score(value: str) -> int | None:
     return int(value) if value else None
 
+
+def test_every_user_of_a_ks2_test_score_scores_each_outcome_alike(spark):
+    """KS2 progress, KS4 prior attainment and the CVA models (a KS2 outcome, a KS4 prior)
+    give each reading and maths row of outcomes.csv the same score: the scenario's. (For
+    KS4 prior attainment the row is both subjects, whose mean is then the score itself.)"""
+    from valueadded.cva import design
+    from valueadded.cva.spec import load_model_spec
+    from valueadded.measures.ks4_prior_attainment import ks2_prior_attainment
+    from valueadded.measures.ks4_tables import load_ks4_tables
+
+    rows = [r for r in _rows("outcomes.csv") if r["subject"] in ("reading", "maths")]
+    columns = ("test_code", "scaled_score", "ta", "pscale")
+    frame = spark.createDataFrame(
+        [(r["case"], r["test_code"], int(r["scaled_score"]) if r["scaled_score"] else None, _none(r["ta"]), _none(r["pscale"])) for r in rows],
+        "case string, " + ", ".join(f"{c} {'int' if c == 'scaled_score' else 'string'}" for c in columns),
+    ).select("case", *(F.col(c).alias(f"{prefix}_{c}") for prefix in ("reading", "ks2_reading", "ks2_maths") for c in columns))
+    scores = {
+        "ks4 prior attainment": ks2_prior_attainment(load_ks4_tables(2024)),
+        "ks4 CVA prior": design.ks2_test_score("ks2_", "reading", load_model_spec("ks4_mainstream.yaml").prior.nominal_scores),
+        "ks2 CVA outcome": design.ks2_test_score("", "reading", load_model_spec("ks2_mainstream.yaml").outcome.nominal_scores),
+    }
+    got = frame.select("case", *(score.alias(name) for name, score in scores.items())).collect()
+    assert len(got) == len(rows)
+    for row in got:
+        expected = next(float(r["expected_outcome"]) if r["expected_outcome"] else None for r in rows if r["case"] == row.case)
+        assert {name: row[name] for name in scores} == dict.fromkeys(scores, expected), row.case

@@ -41,6 +41,7 @@ from pyspark.sql import types as T
 from valueadded.config import ConfigError
 from valueadded.cva.spec import ModelSpec, NominalScores, OutcomeSpec, PriorSpec
 from valueadded.io.schemas import A8_SLOT_COLUMNS
+from valueadded.measures import inclusion
 from valueadded.measures.prior_attainment import code_points
 
 PRIOR_APS = "cva_prior_aps"
@@ -62,17 +63,10 @@ def design_column(term: str) -> str:
 
 
 def ks2_test_score(prefix: str, subject: str, nominal: NominalScores) -> Column:
-    """A KS2 test outcome as a score: the scaled score (S) or its nominal score (N, B); else null."""
-    code = F.col(f"{prefix}{subject}_test_code")
-    assessment = F.col(f"{prefix}{subject}_ta")
-    pscale = F.col(f"{prefix}{subject}_pscale")
-    return (
-        F.when(code == "S", F.col(f"{prefix}{subject}_scaled_score").cast("double"))
-        .when(code == "N", F.lit(nominal.sat_no_scaled_score))
-        .when((code == "B") & (assessment == "BLW"), code_points(pscale, nominal.below_pre_key_stage))
-        .when(code == "B", code_points(assessment, nominal.pre_key_stage))
-        .otherwise(F.lit(None).cast("double"))
-    )
+    """A KS2 test outcome as a score, by the KS2 measures' rule
+    (valueadded.measures.inclusion.ks2_test_score): the scaled score (S) or a nominal score
+    (B, N); else null."""
+    return inclusion.ks2_test_score(f"{prefix}{subject}", nominal.as_rule())
 
 
 def prior_subject_points(prior: PriorSpec) -> dict[str, Column]:

@@ -30,29 +30,59 @@ from valueadded.measures.prior_attainment import code_points
 
 @dataclass(frozen=True)
 class NominalScores:
-    """The year's nominal scores for pupils without a scaled score."""
+    """The year's nominal scores for KS2 outcomes without a scaled score.
+
+    Attributes:
+        pscale: teacher assessment BLW: P-scale (or NOTSEN) -> score.
+        pre_key_stage: pre-key-stage teacher assessment (PKF, PKE, PKG) -> score.
+        sat_without_scaled_score: the score of test code N with one of
+            `sat_without_scaled_score_ta` (HNM, EXS).
+    """
 
     pscale: dict[str, float]
     pre_key_stage: dict[str, float]
     sat_without_scaled_score: float
     sat_without_scaled_score_ta: tuple[str, ...]
 
+    def lowest(self) -> float:
+        return min([*self.pscale.values(), *self.pre_key_stage.values(), self.sat_without_scaled_score])
+
+    def by_code_and_assessment(self) -> dict[str, float]:
+        """"<test code> <teacher assessment>" -> score, for codes B and N; BLW, scored by
+        its P-scale, is not in it (unless N with BLW is configured as sat without a score)."""
+        table = {f"{code} {ta}": score for code in ("B", "N") for ta, score in self.pre_key_stage.items() if ta != "BLW"}
+        table.update({f"N {ta}": self.sat_without_scaled_score for ta in self.sat_without_scaled_score_ta})
+        return table
+
 
 def _below_standard_score(ta: Column, pscale: Column, nominal: NominalScores) -> Column:
     return F.when(ta == "BLW", code_points(pscale, nominal.pscale)).otherwise(code_points(ta, nominal.pre_key_stage))
 
 
+def ks2_test_score(prefix: str, nominal: NominalScores) -> Column:
+    """A KS2 reading or maths test outcome as a score (the table above); null when it has none.
+
+    The one rule for a KS2 test score wherever one is used: KS2 progress, KS2 prior
+    attainment for KS4, and the CVA models' KS2 outcomes and prior attainment. Written as
+    two table lookups rather than a branch per case: the CVA models compute it inside
+    long generated methods, which must stay under the JVM's limit for compiling one
+    (tests/unit/test_cva_release.py).
+
+    Args:
+        prefix: the columns' prefix: `reading` reads reading_test_code, reading_scaled_score,
+            reading_ta and reading_pscale; `ks2_reading` the KS4 pupils' KS2 columns.
+    """
+    code, score = F.col(f"{prefix}_test_code"), F.col(f"{prefix}_scaled_score").cast("double")
+    ta, pscale = F.col(f"{prefix}_ta"), F.col(f"{prefix}_pscale")
+    by_assessment = code_points(F.concat(code, F.lit(" "), ta), nominal.by_code_and_assessment())
+    by_pscale = F.when(code.isin("B", "N") & (ta == "BLW"), code_points(pscale, nominal.pscale))
+    return F.when(code == "S", score).otherwise(F.coalesce(by_assessment, by_pscale))
+
+
 def subject_test_outcome(subject: str, nominal: NominalScores, excluded_codes: tuple[str, ...]) -> tuple[Column, Column]:
     """(outcome, exclusion reason) for a KS2 test subject: reading or maths."""
-    code, score = F.col(f"{subject}_test_code"), F.col(f"{subject}_scaled_score").cast("double")
-    ta, pscale = F.col(f"{subject}_ta"), F.col(f"{subject}_pscale")
-    below = _below_standard_score(ta, pscale, nominal)
-    sat_low = F.when(ta.isin(list(nominal.sat_without_scaled_score_ta)), F.lit(float(nominal.sat_without_scaled_score)))
-    outcome = (
-        F.when(code == "S", score)
-        .when(code == "B", below)
-        .when(code == "N", F.coalesce(sat_low, below))
-    )
+    code = F.col(f"{subject}_test_code")
+    outcome = ks2_test_score(subject, nominal)
     reason = (
         F.when(code.isin(list(excluded_codes)), F.concat(F.lit("test_code_"), code))
         .when(outcome.isNull(), F.lit("no_nominal_score"))

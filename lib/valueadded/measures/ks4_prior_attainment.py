@@ -7,9 +7,14 @@ Per subject (reading, maths), the KS2 score used as prior attainment is, by test
   assessment (PKF, PKE, PKG), or for teacher assessment BLW the nominal score of its
   P-scale or NOTSEN;
 - `N` (sat the test, no scaled score) with a configured teacher assessment (HNM, EXS):
-  its nominal score (79 in 2024);
+  its nominal score (79 in 2024); with a pre-key-stage or BLW assessment, the nominal
+  score of that assessment, as for `B`;
 - anything else: none. That is A, D, M, U and Q, no KS2 record (null code), and a B or N
-  whose assessment has no nominal score (e.g. absent with HNM, BLW without a P-scale).
+  whose assessment has no nominal score (e.g. B with HNM, N with GDS, BLW without a
+  P-scale).
+
+This is the rule the KS2 measures score reading and maths by (inclusion.py), so a pupil's
+KS2 outcome is the same number in KS2 progress, in KS4 prior attainment and in CVA.
 
 KS2 prior attainment = mean of the two subjects' scores, rounded down to a multiple of
 the year's step (0.5). Whole-number scores give an exact multiple of 0.5, so the rounding
@@ -26,32 +31,16 @@ import math
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from valueadded.measures.ks4_tables import KS4YearTables, NominalScores
-from valueadded.measures.prior_attainment import code_points
+from valueadded.measures.inclusion import ks2_test_score
+from valueadded.measures.ks4_tables import KS4YearTables
 
 KS2_SUBJECTS = ("reading", "maths")
 NO_PRIOR_ATTAINMENT = "no_prior_attainment"
 
 
-def ks2_subject_score(prefix: str, nominal: NominalScores) -> Column:
-    """The KS2 score of one subject for prior attainment; null when it has none.
-
-    Args:
-        prefix: column prefix, e.g. "ks2_reading" (reads _scaled_score, _test_code, _ta, _pscale).
-    """
-    code, ta, pscale = F.col(f"{prefix}_test_code"), F.col(f"{prefix}_ta"), F.col(f"{prefix}_pscale")
-    sat_table = {assessment: nominal.sat_without_scaled_score for assessment in nominal.sat_without_scaled_score_ta}
-    return (
-        F.when(code == "S", F.col(f"{prefix}_scaled_score").cast("double"))
-        .when((code == "B") & (ta == "BLW"), code_points(pscale, nominal.pscale))
-        .when(code == "B", code_points(ta, nominal.pre_key_stage))
-        .when(code == "N", code_points(ta, sat_table))
-    )
-
-
 def ks2_prior_attainment(tables: KS4YearTables) -> Column:
     """Mean of the KS2 reading and maths scores, rounded down to the step; null without both."""
-    reading, maths = (ks2_subject_score(f"ks2_{subject}", tables.nominal_scores) for subject in KS2_SUBJECTS)
+    reading, maths = (ks2_test_score(f"ks2_{subject}", tables.nominal_scores) for subject in KS2_SUBJECTS)
     step = F.lit(tables.prior_attainment_step)
     return (F.floor((reading + maths) / 2 / step) * step).cast("double")
 

@@ -14,6 +14,7 @@ from typing import Any
 from valueadded.config import ConfigError, check_keys, load_year_tables
 from valueadded.io.validate import SCALED_SCORE_RANGE
 from valueadded.measures.estimates import ProgressRules
+from valueadded.measures.inclusion import NominalScores
 
 # The Progress 8 elements and EBacc subject value added, in output order. The outcome
 # behind each is fixed by the input contract (lib/valueadded/measures/ks4.py).
@@ -25,26 +26,6 @@ YEAR_TABLE_KEYS = {
     "divisors", "well_thresholds",
 }
 NOMINAL_KEYS = {"pscale", "pre_key_stage", "sat_without_scaled_score", "sat_without_scaled_score_ta"}
-
-
-@dataclass(frozen=True)
-class NominalScores:
-    """KS2 scores for pupils without a scaled score (prior attainment only).
-
-    Attributes:
-        pscale: test code B with teacher assessment BLW: P-scale (or NOTSEN) -> score.
-        pre_key_stage: test code B with a pre-key-stage assessment (PKF, PKE, PKG) -> score.
-        sat_without_scaled_score: the score of test code N with one of
-            `sat_without_scaled_score_ta`.
-    """
-
-    pscale: dict[str, float]
-    pre_key_stage: dict[str, float]
-    sat_without_scaled_score: float
-    sat_without_scaled_score_ta: tuple[str, ...]
-
-    def lowest(self) -> float:
-        return min([*self.pscale.values(), *self.pre_key_stage.values(), self.sat_without_scaled_score])
 
 
 @dataclass(frozen=True)
