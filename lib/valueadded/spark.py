@@ -36,6 +36,7 @@ LOCAL_SETTINGS = {
 # executor at once. (Under spark-submit the JVM is already running with the options it
 # was given; deploy/spark-submit.sh passes these same ones for a local run.)
 LOCAL_HEAP = "10g"
+JIT_OPTIONS = "-XX:MaxNodeLimit=20000"
 LOCAL_JVM_SETTINGS = {
     "spark.driver.memory": LOCAL_HEAP,
     # The throughput collector: national releases ran 8-12% faster than with the default G1.
@@ -46,7 +47,16 @@ LOCAL_JVM_SETTINGS = {
     # 5-6 full collections of ~0.8 s each; with this heap, 4.7-6.6 s and 2 full collections.
     # The heap is fixed at its size (-Xms), or the collector keeps the old generation small;
     # the young generation is fixed at 3 GiB.
-    "spark.driver.extraJavaOptions": f"-XX:+UseParallelGC -Xms{LOCAL_HEAP} -Xmn3g",
+    #
+    # The JIT's optimising compiler (C2) gives up on a method whose graph passes 20,000
+    # nodes (the default limit is 80,000); such a method keeps the quick compiler's (C1)
+    # code. Above all these are the methods Spark generates for wide rows, inlined deep:
+    # a recording of a first KS2 release (JFR) put 31 of the JIT's 93 s of CPU on them, up
+    # to 1.2 s per method, for code that then ran over a few hundred thousand rows. Measured on national releases, fresh sessions alternating with and without
+    # it: the first release (KS2 unvalidated) 78.5, 79.8, 81.3 and 98.5 s against 83.7 to
+    # 98.3 s (seven runs, mean 93.0 s), the JIT's CPU 60-75 s against 80-96 s; the later
+    # releases of a session within the noise (README, Benchmark).
+    "spark.driver.extraJavaOptions": f"{JIT_OPTIONS} -XX:+UseParallelGC -Xms{LOCAL_HEAP} -Xmn3g",
     # Spark's own share of the heap (storage and execution), 3.4 GiB as in a 6 GiB heap at
     # the default 0.6; the rest is the collector's room.
     "spark.memory.fraction": "0.35",

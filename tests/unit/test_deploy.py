@@ -28,7 +28,7 @@ import yaml
 
 from valueadded import cli
 from valueadded.io.pseudonym import DEFAULT_KEY_VARIABLE
-from valueadded.spark import LOCAL_JVM_SETTINGS
+from valueadded.spark import JIT_OPTIONS, LOCAL_JVM_SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE_DIR = REPO / "deploy" / "databricks"
@@ -425,7 +425,7 @@ def test_wrapper_passes_release_options_to_the_entry_point_unchanged(fake_spark)
     ("spark_arguments", "expected"),
     [
         # A heap you size yourself gets the collector, not this heap's layout.
-        (["--driver-memory", "4g"], {"spark.driver.memory": "4g", "spark.driver.extraJavaOptions": "-XX:+UseParallelGC"}),
+        (["--driver-memory", "4g"], {"spark.driver.memory": "4g", "spark.driver.extraJavaOptions": f"{JIT_OPTIONS} -XX:+UseParallelGC"}),
         (["--master", "local[4]"], {"spark.driver.memory": "6g"}),
         (["--master", "yarn", "--driver-memory", "8g"], {"spark.driver.memory": "8g"}),
     ],
