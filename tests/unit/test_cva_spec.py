@@ -49,8 +49,8 @@ def test_ks2_mainstream_has_no_school_level_terms_and_two_subject_differences():
     assert spec.school_terms == ()
     assert spec.prior.subject_differences == ("reading", "maths")
     assert spec.prior.points["EXS"] == 8 and spec.prior.points["2B"] == 15 and spec.prior.points["4+"] == 27
-    assert spec.outcome.nominal_scores.sat_no_scaled_score == 79
-    assert spec.outcome.nominal_scores.sat_no_scaled_score_ta == ("HNM", "EXS")
+    assert spec.outcome.nominal_scores.sat_without_scaled_score == 79
+    assert spec.outcome.nominal_scores.sat_without_scaled_score_ta == ("HNM", "EXS")
     assert spec.outcome.school_score_centre == 100
 
 

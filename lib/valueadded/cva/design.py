@@ -39,9 +39,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from valueadded.config import ConfigError
-from valueadded.cva.spec import ModelSpec, NominalScores, OutcomeSpec, PriorSpec
+from valueadded.cva.spec import ModelSpec, OutcomeSpec, PriorSpec
 from valueadded.io.schemas import A8_SLOT_COLUMNS
 from valueadded.measures import inclusion
+from valueadded.measures.inclusion import NominalScores
 from valueadded.measures.prior_attainment import code_points
 
 PRIOR_APS = "cva_prior_aps"
@@ -66,7 +67,7 @@ def ks2_test_score(prefix: str, subject: str, nominal: NominalScores) -> Column:
     """A KS2 test outcome as a score, by the KS2 measures' rule
     (valueadded.measures.inclusion.ks2_test_score): the scaled score (S) or a nominal score
     (B, N); else null."""
-    return inclusion.ks2_test_score(f"{prefix}{subject}", nominal.as_rule())
+    return inclusion.ks2_test_score(f"{prefix}{subject}", nominal)
 
 
 def prior_subject_points(prior: PriorSpec) -> dict[str, Column]:

@@ -35,7 +35,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from valueadded.config import REPO_CONF_DIR, CodeLists, ConfigError, load_code_lists, read_yaml
-from valueadded.measures.inclusion import NominalScores as InclusionNominalScores
+from valueadded.measures.inclusion import NominalScores
 
 MODELS_DIR = REPO_CONF_DIR / "models"
 CODES_FILE = REPO_CONF_DIR / "reference" / "codes.yaml"
@@ -73,34 +73,6 @@ class Term:
 
     name: str
     stage: str
-
-
-@dataclass(frozen=True)
-class NominalScores:
-    """How a KS2 test outcome without a scaled score is scored (SPEC 2.2), by the KS2
-    measures' rule (valueadded.measures.inclusion.ks2_test_score).
-
-    Attributes:
-        sat_no_scaled_score: score of test code N (sat the test, no scaled score) with one
-            of the teacher assessments `sat_no_scaled_score_ta` (HNM, EXS).
-        sat_no_scaled_score_ta: those teacher assessments.
-        pre_key_stage: test code B or N: teacher assessment (PKG, PKE, PKF) -> score.
-        below_pre_key_stage: test code B or N with assessment BLW: P-scale or NOTSEN -> score.
-    """
-
-    sat_no_scaled_score: float
-    sat_no_scaled_score_ta: tuple[str, ...]
-    pre_key_stage: Mapping[str, float]
-    below_pre_key_stage: Mapping[str, float]
-
-    def as_rule(self) -> InclusionNominalScores:
-        """The same scores in the shape the KS2 test score rule reads."""
-        return InclusionNominalScores(
-            pscale=dict(self.below_pre_key_stage),
-            pre_key_stage=dict(self.pre_key_stage),
-            sat_without_scaled_score=self.sat_no_scaled_score,
-            sat_without_scaled_score_ta=self.sat_no_scaled_score_ta,
-        )
 
 
 @dataclass(frozen=True)
@@ -277,12 +249,16 @@ def _code_map(path: Path, key: str, value: Any, known: tuple[str, ...]) -> Mappi
 
 
 def _nominal_scores(path: Path, block: str, content: Any, codes: CodeLists) -> NominalScores:
+    """The model's KS2 nominal scores, for the KS2 measures' rule (inclusion.ks2_test_score):
+    `sat_no_scaled_score` for test code N with one of `sat_no_scaled_score_ta` (HNM, EXS),
+    `pre_key_stage` (B or N, by assessment) and `below_pre_key_stage` (B or N with BLW, by
+    P-scale or NOTSEN)."""
     _keys(path, block, content, {"sat_no_scaled_score", "sat_no_scaled_score_ta", "pre_key_stage", "below_pre_key_stage"})
     return NominalScores(
-        sat_no_scaled_score=_number(path, f"{block}.sat_no_scaled_score", content["sat_no_scaled_score"]),
-        sat_no_scaled_score_ta=_codes(path, f"{block}.sat_no_scaled_score_ta", content["sat_no_scaled_score_ta"], codes.ks2_test_ta),
-        pre_key_stage=_code_map(path, f"{block}.pre_key_stage", content["pre_key_stage"], codes.ks2_test_ta),
-        below_pre_key_stage=_code_map(path, f"{block}.below_pre_key_stage", content["below_pre_key_stage"], codes.pscales),
+        pscale=dict(_code_map(path, f"{block}.below_pre_key_stage", content["below_pre_key_stage"], codes.pscales)),
+        pre_key_stage=dict(_code_map(path, f"{block}.pre_key_stage", content["pre_key_stage"], codes.ks2_test_ta)),
+        sat_without_scaled_score=_number(path, f"{block}.sat_no_scaled_score", content["sat_no_scaled_score"]),
+        sat_without_scaled_score_ta=_codes(path, f"{block}.sat_no_scaled_score_ta", content["sat_no_scaled_score_ta"], codes.ks2_test_ta),
     )
 
 
