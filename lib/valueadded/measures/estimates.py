@@ -40,6 +40,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from valueadded import sums
 from valueadded.io.pseudonym import carried_pseudonyms
 from valueadded.io.schemas import NATIONAL_ESTIMATES, PARTITION_NAMES, PUPIL_PROGRESS, SCHOOL_MEASURES
 
@@ -94,17 +95,48 @@ def _local_frame(spark, frame: pd.DataFrame, schema: T.StructType) -> DataFrame:
 
 def outcome_statistics(long: DataFrame, method: str) -> pd.DataFrame:
     """Per (subject, group), over `in_national` pupils: n, mean, outcome_sd (n - 1) and,
-    for the legacy median line, the median. One Spark aggregation; a small pandas frame."""
+    for the legacy median line, the median. One Spark aggregation; a small pandas frame.
+
+    The mean and SD are worked out from exact sums (valueadded.sums), so they are the
+    same whatever the row order or partitioning."""
+    outcome = F.col("outcome")
     aggregates = [
         F.count(F.lit(1)).cast("int").alias("n"),
-        F.mean("outcome").alias("mean"),
-        F.stddev_samp("outcome").alias("outcome_sd"),
+        F.count(outcome).alias("_values"),
+        *sums.sum_parts(outcome, "_sum"),
+        *sums.sum_parts(outcome * outcome, "_squares"),
+        (F.min(outcome) == F.max(outcome)).alias("_all_equal"),
     ]
     if method == "median":
-        aggregates.append(F.percentile(F.col("outcome"), F.lit(0.5)).cast("double").alias("median"))
-    stats = long.where(F.col("in_national")).groupBy(*GROUP_KEYS).agg(*aggregates).toPandas()
+        aggregates.append(F.percentile(outcome, F.lit(0.5)).cast("double").alias("median"))
+    rows = long.where(F.col("in_national")).groupBy(*GROUP_KEYS).agg(*aggregates).collect()
+    stats = pd.DataFrame(
+        [
+            {
+                "subject": row["subject"],
+                "prior_attainment_group": row["prior_attainment_group"],
+                "n": row["n"],
+                **dict(zip(("mean", "outcome_sd"), _mean_and_sd(row))),
+                **({"median": row["median"]} if method == "median" else {}),
+            }
+            for row in rows
+        ],
+        columns=[*GROUP_KEYS, "n", "mean", "outcome_sd", *(["median"] if method == "median" else [])],
+    )
     stats["prior_attainment_group"] = stats["prior_attainment_group"].astype("int64")
+    stats["n"] = stats["n"].astype("int32")
+    stats[["mean", "outcome_sd"]] = stats[["mean", "outcome_sd"]].astype("float64")
     return stats.sort_values(GROUP_KEYS).reset_index(drop=True)
+
+
+def _mean_and_sd(row) -> tuple[float | None, float | None]:
+    """The mean and SD (n - 1) from a row with `_values` (how many values), the parts of
+    their sum (`_sum`) and of their squares' (`_squares`, valueadded.sums.sum_parts) and
+    `_all_equal`: each rounded once from the exact figure."""
+    values, total = row["_values"], sums.total(row, "_sum")
+    if not values or total is None:
+        return None, None
+    return float(total / values), sums.sample_sd(values, total, sums.total(row, "_squares"), bool(row["_all_equal"]))
 
 
 def national_estimates(stats: pd.DataFrame, method: str) -> pd.DataFrame:
@@ -222,13 +254,22 @@ def pupil_progress(long: DataFrame, table: DataFrame, rules: ProgressRules, z_st
     )
 
 
-def national_progress_sd(adjusted: DataFrame) -> DataFrame:
-    """One row per subject: the SD of in_national pupils' adjusted progress (for intervals)."""
-    return (
-        adjusted.where(F.col("in_national") & F.col("adjusted_progress").isNotNull())
+def national_progress_sd(adjusted: DataFrame) -> dict[str, float | None]:
+    """Subject -> the SD of in_national pupils' adjusted progress (for intervals), from
+    exact sums (valueadded.sums): the same whatever the row order or partitioning."""
+    value = F.col("adjusted_progress")
+    rows = (
+        adjusted.where(F.col("in_national") & value.isNotNull())
         .groupBy("subject")
-        .agg(F.stddev_samp("adjusted_progress").alias("national_sd"))
+        .agg(
+            F.count(value).alias("_values"),
+            *sums.sum_parts(value, "_sum"),
+            *sums.sum_parts(value * value, "_squares"),
+            (F.min(value) == F.max(value)).alias("_all_equal"),
+        )
+        .collect()
     )
+    return {row["subject"]: _mean_and_sd(row)[1] for row in rows}
 
 
 def band(score: Column, lower: Column, upper: Column, threshold: Column) -> Column:
@@ -249,7 +290,7 @@ def school_scores(adjusted: DataFrame, national_sd: DataFrame, rules: ProgressRu
     per_school = (
         adjusted.where(F.col("adjusted_progress").isNotNull())
         .groupBy("school_id", "subject")
-        .agg(F.count(F.lit(1)).cast("int").alias("n"), F.mean("adjusted_progress").alias("score"))
+        .agg(F.count(F.lit(1)).cast("int").alias("n"), sums.exact_mean(F.col("adjusted_progress")).alias("score"))
         .join(F.broadcast(national_sd), on="subject", how="left")
     )
     half_width = F.lit(rules.ci_z) * F.col("national_sd") / F.sqrt(F.col("n").cast("double"))
@@ -313,7 +354,7 @@ def progress_measures(long: DataFrame, rules: ProgressRules, published: pd.DataF
     if published is not None:
         national_sd = published.groupby("subject")["national_sd"].first().to_dict()
     else:
-        national_sd = {row["subject"]: row["national_sd"] for row in national_progress_sd(adjusted).collect()}
+        national_sd = national_progress_sd(adjusted)
     sd_frame = spark.createDataFrame(
         [(subject, None if sd is None else float(sd)) for subject, sd in sorted(national_sd.items())],
         "subject string, national_sd double",

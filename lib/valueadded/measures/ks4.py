@@ -41,6 +41,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from valueadded import sums
 from valueadded.io.pseudonym import carried_pseudonyms
 from valueadded.io.schemas import NATIONAL_ESTIMATES, PUPIL_PROGRESS, PUPIL_RESULTS, SCHOOL_MEASURES
 from valueadded.measures.estimates import (
@@ -155,7 +156,7 @@ def attainment_8_school_rows(pupils: DataFrame) -> DataFrame:
     return (
         pupils.where(F.col("included"))
         .groupBy("school_id")
-        .agg(F.count(F.lit(1)).cast("int").alias("n"), F.mean("attainment_8").alias("score"))
+        .agg(F.count(F.lit(1)).cast("int").alias("n"), sums.exact_mean(F.col("attainment_8")).alias("score"))
         .select(
             "school_id",
             F.lit(ATTAINMENT_8_MEASURE).alias("measure"),
