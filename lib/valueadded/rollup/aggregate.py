@@ -4,7 +4,8 @@ Every figure above a pupil is a weighted mean of pupil values, so it can be buil
 additive sums. The pupils are aggregated per school and measure into *cells*: for all
 pupils and for each subgroup value, the number of pupils n and the sum of their values
 (and, for all pupils, the sum of squares). Every level is then a sum of its schools'
-cells:
+cells (every sum of doubles here is exact, valueadded.sums, so no figure depends on the
+order Spark adds in):
 
     score = sum(w x value_sum) / sum(w x n)
 
@@ -25,8 +26,9 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from valueadded import sums
 from valueadded.measures.estimates import band
-from valueadded.rollup.measures import CVA, PROGRESS, Measure
+from valueadded.rollup.measures import CVA, MEASURES, PROGRESS, Measure
 from valueadded.rollup.pupils import value_column
 
 ALL = "all"
@@ -52,7 +54,8 @@ def school_cells(
 
     Returns:
         school_id, measure, subgroup, subgroup_value, n, value_sum, value_sum_sq (all
-        pupils only); subgroup = subgroup_value = "all" for all pupils.
+        pupils of CVA measures only: the national SD of pupil CVA values is the one figure
+        that needs it); subgroup = subgroup_value = "all" for all pupils.
     """
     return _all_pupil_cells(wide, measures).unionByName(_subgroup_cells(wide, measures, dimensions, subgroup_measures))
 
@@ -80,11 +83,18 @@ def marked_school_cells(
 
 
 def _all_pupil_cells(wide: DataFrame, measures: tuple[str, ...]) -> DataFrame:
-    """Every measure's all-pupil cell of each school, from one aggregation of the pupils."""
+    """Every measure's all-pupil cell of each school, from one aggregation of the pupils.
+
+    Squares are summed for CVA measures only: every exact sum is three sums, and the
+    aggregation's generated code must stay small enough for the JVM to compile
+    (tests/unit/test_rollup_rules.py).
+    """
+    squared = {m.name for measures_of_stage in MEASURES.values() for m in measures_of_stage if m.kind == CVA}
     aggregates = []
     for index, measure in enumerate(measures):
         value = F.col(value_column(measure))
-        aggregates += [F.count(value).alias(f"_n{index}"), F.sum(value).alias(f"_s{index}"), F.sum(value * value).alias(f"_q{index}")]
+        square = sums.exact_sum(value * value) if measure in squared else F.lit(None).cast("double")
+        aggregates += [F.count(value).alias(f"_n{index}"), sums.exact_sum(value).alias(f"_s{index}"), square.alias(f"_q{index}")]
     cells = F.explode(F.array(*(
         F.struct(
             F.lit(measure).alias("measure"),
@@ -123,13 +133,13 @@ def _subgroup_cells(
     values = (
         wide.select("school_id", *dimensions, entries.alias("entry"))
         .where(F.col("entry.value").isNotNull())
-        .select("school_id", F.col("entry.measure").alias("measure"), F.col("entry.value").alias("value"), *dimensions)
+        .select("school_id", F.col("entry.measure").alias("measure"), *sums.part_columns(F.col("entry.value"), "value"), *dimensions)
     )
     aggregates = []
     for index, (dimension, value) in enumerate(cells):
         member = F.col(dimension) == value
         aggregates.append(F.count(F.when(member, F.lit(1))).alias(f"_n{index}"))
-        aggregates.append(F.sum(F.when(member, F.col("value"))).alias(f"_s{index}"))
+        aggregates.append(sums.sum_of_parts("value", where=member).alias(f"_s{index}"))
     rows = F.explode(F.array(*(
         F.struct(
             F.lit(dimension).alias("subgroup"),
@@ -197,10 +207,10 @@ def higher_level_sums(placed: DataFrame) -> DataFrame:
         .agg(
             F.count(F.lit(1)).cast("int").alias("schools"),
             F.sum("n").cast("int").alias("n"),
-            F.sum(w * F.col("n")).alias("weighted_pupils"),
-            F.sum(w * w * F.col("n")).alias("weighted_sq_pupils"),
-            F.sum(w * F.col("value_sum")).alias("weighted_sum"),
-            F.sum("value_sum_sq").alias("value_sum_sq"),
+            sums.exact_sum(w * F.col("n")).alias("weighted_pupils"),
+            sums.exact_sum(w * w * F.col("n")).alias("weighted_sq_pupils"),
+            sums.exact_sum(w * F.col("value_sum")).alias("weighted_sum"),
+            sums.exact_sum(F.col("value_sum_sq")).alias("value_sum_sq"),
         )
         .select(*FIGURE_KEY, *SUM_COLUMNS)
     )
