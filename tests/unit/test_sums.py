@@ -51,8 +51,9 @@ def test_sums_and_means_are_the_same_whatever_the_row_order_and_partitioning(spa
             assert (other[g].exact, other[g].mean) == (results[0][g].exact, results[0][g].mean), g
 
 
-def test_a_sum_of_values_of_4_or_more_is_the_exact_sum_rounded_once(spark):
-    """Such values lie on the grid already: nothing of them is dropped."""
+def test_a_sum_of_values_from_4_to_500_is_the_exact_sum_rounded_once(spark):
+    """Such values lie on the grid already (nothing of them is dropped), and under 512
+    their top part is 0: the parts' sums make one double with one rounding."""
     rng = random.Random(2)
     values = [rng.choice((-1, 1)) * rng.uniform(4, 500) for _ in range(3000)]
     rows = [(index % GROUPS, value) for index, value in enumerate(values)]
@@ -62,6 +63,19 @@ def test_a_sum_of_values_of_4_or_more_is_the_exact_sum_rounded_once(spark):
         exact = sum(Fraction(value) for value in group)
         assert got[g].exact == float(exact)
         assert got[g].mean == pytest.approx(float(exact / len(group)), rel=1e-15, abs=0)
+
+
+def test_a_sum_with_large_values_is_within_one_unit_in_the_last_place_of_the_exact_sum(spark):
+    """Values of 512 or more (squares of scores, CVA scores near 1000) fill the top part."""
+    rng = random.Random(4)
+    values = [rng.uniform(512, 1e5) for _ in range(3000)]
+    rows = [(index % GROUPS, value) for index, value in enumerate(values)]
+    frame = spark.createDataFrame(rows, "g int, x double")
+    got, again = _aggregated(frame.repartition(5)), _aggregated(frame.orderBy(F.rand(seed=3)).coalesce(1))
+    for g in range(GROUPS):
+        exact = float(sum(Fraction(value) for index, value in enumerate(values) if index % GROUPS == g))
+        assert abs(got[g].exact - exact) <= math.ulp(exact)
+        assert again[g].exact == got[g].exact
 
 
 def test_a_single_value_comes_back_as_it_was_or_within_half_a_unit(spark):

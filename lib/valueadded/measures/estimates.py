@@ -98,7 +98,10 @@ def outcome_statistics(long: DataFrame, method: str) -> pd.DataFrame:
     for the legacy median line, the median. One Spark aggregation; a small pandas frame.
 
     The mean and SD are worked out from exact sums (valueadded.sums), so they are the
-    same whatever the row order or partitioning."""
+    same whatever the row order or partitioning. The SD comes from the sums of the values
+    and of their squares (as doubles): exact for whole-number or points outcomes, whose
+    squares are exact doubles; for other values it can lose a few digits where the SD is
+    tiny beside the mean (never for progress, whose mean is near 0)."""
     outcome = F.col("outcome")
     aggregates = [
         F.count(F.lit(1)).cast("int").alias("n"),
@@ -125,14 +128,16 @@ def outcome_statistics(long: DataFrame, method: str) -> pd.DataFrame:
     )
     stats["prior_attainment_group"] = stats["prior_attainment_group"].astype("int64")
     stats["n"] = stats["n"].astype("int32")
-    stats[["mean", "outcome_sd"]] = stats[["mean", "outcome_sd"]].astype("float64")
+    doubles = ["mean", "outcome_sd", *(["median"] if method == "median" else [])]
+    stats[doubles] = stats[doubles].astype("float64")
     return stats.sort_values(GROUP_KEYS).reset_index(drop=True)
 
 
 def _mean_and_sd(row) -> tuple[float | None, float | None]:
     """The mean and SD (n - 1) from a row with `_values` (how many values), the parts of
     their sum (`_sum`) and of their squares' (`_squares`, valueadded.sums.sum_parts) and
-    `_all_equal`: each rounded once from the exact figure."""
+    `_all_equal`: worked out exactly from the sums, then rounded (the SD: the variance
+    rounded, then its square root)."""
     values, total = row["_values"], sums.total(row, "_sum")
     if not values or total is None:
         return None, None
@@ -217,8 +222,8 @@ def within_group_z(divisor: Column) -> Column:
 
     The one expression both the z* search and the cap test use, so that a pupil tied with
     the z* pupil gets the same double as z* and is not capped (their progress already is
-    the cap). Comparing progress with the cap instead would decide such ties by the last
-    bit of the cap, which depends on the order Spark summed the group's mean and SD in.
+    the cap). Comparing progress with the cap instead would decide such ties by how the
+    cap, mean + z* x SD, happened to round in its last bit.
     """
     return (((F.col("outcome") - F.col("estimate")) / divisor) - F.col("progress_mean")) / F.col("progress_sd")
 

@@ -3,9 +3,9 @@
 Every figure above a pupil is a weighted mean of pupil values, so it can be built from
 additive sums. The pupils are aggregated per school and measure into *cells*: for all
 pupils and for each subgroup value, the number of pupils n and the sum of their values
-(and, for all pupils, the sum of squares). Every level is then a sum of its schools'
-cells (every sum of doubles here is exact, valueadded.sums, so no figure depends on the
-order Spark adds in):
+(and, for all pupils of CVA measures, the sum of squares). Every level is then a sum of
+its schools' cells (every sum of doubles here is exact, valueadded.sums, so no figure
+depends on the order Spark adds in):
 
     score = sum(w x value_sum) / sum(w x n)
 
