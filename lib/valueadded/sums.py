@@ -29,7 +29,8 @@ within one unit in its last place.
 
 `exact_sum` and `exact_mean` are aggregate expressions for `agg()` (`part_columns` and
 `sum_of_parts` when many sums share a value); `sum_parts` and `total` give a sum exactly
-on the driver, and `sample_sd` an SD from such sums.
+on the driver, `sample_sd` an SD from such sums, and `moment_sums` with `mean_and_sd` a
+mean and SD per group.
 """
 
 from __future__ import annotations
@@ -134,3 +135,23 @@ def sample_sd(n: int, sum_x: Fraction | None, sum_squares: Fraction | None, all_
         return 0.0
     variance = (sum_squares - sum_x * sum_x / n) / (n - 1)
     return math.sqrt(max(float(variance), 0.0))
+
+
+def moment_sums(value: Column) -> list[Column]:
+    """Aggregate columns from which `mean_and_sd` works out the column's mean and SD."""
+    return [
+        F.count(value).alias("_values"),
+        *sum_parts(value, "_sum"),
+        *sum_parts(value * value, "_squares"),
+        (F.min(value) == F.max(value)).alias("_all_equal"),
+    ]
+
+
+def mean_and_sd(row) -> tuple[float | None, float | None]:
+    """The mean and SD (n - 1) of the non-null values from a row of `moment_sums`: worked
+    out exactly from the sums, then rounded (the SD: the variance rounded, then its square
+    root). (None, None) without values."""
+    values, total_x = row["_values"], total(row, "_sum")
+    if not values or total_x is None:
+        return None, None
+    return float(total_x / values), sample_sd(values, total_x, total(row, "_squares"), bool(row["_all_equal"]))

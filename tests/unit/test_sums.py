@@ -92,23 +92,20 @@ def test_a_single_value_comes_back_as_it_was_or_within_half_a_unit(spark):
 def test_the_driver_gets_the_exact_sum_and_the_sd_of_statistics_stdev(spark):
     values = [100 + value for value in _values(3, 5000)]
     frame = spark.createDataFrame([(value,) for value in values], "x double").repartition(4)
-    x = F.col("x")
-    row = frame.agg(
-        F.count(x).alias("n"), *sums.sum_parts(x, "s"), *sums.sum_parts(x * x, "q"), (F.min(x) == F.max(x)).alias("equal")
-    ).first()
-    total = sums.total(row, "s")
+    row = frame.agg(*sums.moment_sums(F.col("x"))).first()
+    total = sums.total(row, "_sum")
     assert abs(total - sum(Fraction(value) for value in values)) <= len(values) * Fraction(1, 2**51)
-    sd = sums.sample_sd(row.n, total, sums.total(row, "q"), row.equal)
+    mean, sd = sums.mean_and_sd(row)
+    assert mean == pytest.approx(statistics.fmean(values), rel=1e-15)
     assert sd == pytest.approx(statistics.stdev(values), rel=1e-13)
 
 
 @pytest.mark.parametrize("value", [0.1, 7.0, -123.456])
 def test_the_sd_of_equal_values_is_0_and_of_one_value_none(spark, value):
     """0.1's square is rounded before it is summed: the sums alone would leave a trace."""
-    x = F.col("x")
     frame = spark.createDataFrame([(value,)] * 7, "x double")
-    row = frame.agg(F.count(x).alias("n"), *sums.sum_parts(x, "s"), *sums.sum_parts(x * x, "q"), (F.min(x) == F.max(x)).alias("equal")).first()
-    assert sums.sample_sd(row.n, sums.total(row, "s"), sums.total(row, "q"), row.equal) == 0.0
+    row = frame.agg(*sums.moment_sums(F.col("x"))).first()
+    assert sums.mean_and_sd(row)[1] == 0.0
     assert sums.sample_sd(1, Fraction(value), Fraction(value * value), True) is None
 
 

@@ -103,14 +103,9 @@ def outcome_statistics(long: DataFrame, method: str) -> pd.DataFrame:
     squares are exact doubles; for other values it can lose a few digits where the SD is
     tiny beside the mean (never for progress, whose mean is near 0)."""
     outcome = F.col("outcome")
-    aggregates = [
-        F.count(F.lit(1)).cast("int").alias("n"),
-        F.count(outcome).alias("_values"),
-        *sums.sum_parts(outcome, "_sum"),
-        *sums.sum_parts(outcome * outcome, "_squares"),
-        (F.min(outcome) == F.max(outcome)).alias("_all_equal"),
-    ]
-    if method == "median":
+    medians = ["median"] if method == "median" else []
+    aggregates = [F.count(F.lit(1)).cast("int").alias("n"), *sums.moment_sums(outcome)]
+    if medians:
         aggregates.append(F.percentile(outcome, F.lit(0.5)).cast("double").alias("median"))
     rows = long.where(F.col("in_national")).groupBy(*GROUP_KEYS).agg(*aggregates).collect()
     stats = pd.DataFrame(
@@ -119,29 +114,18 @@ def outcome_statistics(long: DataFrame, method: str) -> pd.DataFrame:
                 "subject": row["subject"],
                 "prior_attainment_group": row["prior_attainment_group"],
                 "n": row["n"],
-                **dict(zip(("mean", "outcome_sd"), _mean_and_sd(row))),
-                **({"median": row["median"]} if method == "median" else {}),
+                **dict(zip(("mean", "outcome_sd"), sums.mean_and_sd(row))),
+                **{name: row[name] for name in medians},
             }
             for row in rows
         ],
-        columns=[*GROUP_KEYS, "n", "mean", "outcome_sd", *(["median"] if method == "median" else [])],
+        columns=[*GROUP_KEYS, "n", "mean", "outcome_sd", *medians],
     )
     stats["prior_attainment_group"] = stats["prior_attainment_group"].astype("int64")
     stats["n"] = stats["n"].astype("int32")
-    doubles = ["mean", "outcome_sd", *(["median"] if method == "median" else [])]
+    doubles = ["mean", "outcome_sd", *medians]
     stats[doubles] = stats[doubles].astype("float64")
     return stats.sort_values(GROUP_KEYS).reset_index(drop=True)
-
-
-def _mean_and_sd(row) -> tuple[float | None, float | None]:
-    """The mean and SD (n - 1) from a row with `_values` (how many values), the parts of
-    their sum (`_sum`) and of their squares' (`_squares`, valueadded.sums.sum_parts) and
-    `_all_equal`: worked out exactly from the sums, then rounded (the SD: the variance
-    rounded, then its square root)."""
-    values, total = row["_values"], sums.total(row, "_sum")
-    if not values or total is None:
-        return None, None
-    return float(total / values), sums.sample_sd(values, total, sums.total(row, "_squares"), bool(row["_all_equal"]))
 
 
 def national_estimates(stats: pd.DataFrame, method: str) -> pd.DataFrame:
@@ -266,15 +250,10 @@ def national_progress_sd(adjusted: DataFrame) -> dict[str, float | None]:
     rows = (
         adjusted.where(F.col("in_national") & value.isNotNull())
         .groupBy("subject")
-        .agg(
-            F.count(value).alias("_values"),
-            *sums.sum_parts(value, "_sum"),
-            *sums.sum_parts(value * value, "_squares"),
-            (F.min(value) == F.max(value)).alias("_all_equal"),
-        )
+        .agg(*sums.moment_sums(value))
         .collect()
     )
-    return {row["subject"]: _mean_and_sd(row)[1] for row in rows}
+    return {row["subject"]: sums.mean_and_sd(row)[1] for row in rows}
 
 
 def band(score: Column, lower: Column, upper: Column, threshold: Column) -> Column:
