@@ -147,8 +147,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.cva:
         run_cva_benchmark(year=args.year, seed=args.seed, scale=args.scale, work_dir=Path(args.work_dir), statsmodels=args.statsmodels)
         return EXIT_OK
-    run_benchmark(year=args.year, seed=args.seed, scale=args.scale, work_dir=Path(args.work_dir), releases=args.releases)
+    run_benchmark(year=args.year, seed=args.seed, scale=args.scale, work_dir=Path(args.work_dir), releases=args.releases or DEFAULT_RELEASES)
     return EXIT_OK
+
+
+def check_bench_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options of one benchmark given to the other (argparse's usage error, exit 2):
+    a figure printed for something other than what was asked is worse than none."""
+    if args.cva and args.releases is not None:
+        parser.error("bench: --releases chooses the releases of the release benchmark; --cva runs the CVA engine alone, on the KS4 cohort")
+    if args.statsmodels and not args.cva:
+        parser.error("bench: --statsmodels times statsmodels beside the CVA engine: it needs --cva")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,18 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", type=float, default=1.0)
     bench.add_argument("--work-dir", default="bench-work", help="scratch folder (replaced)")
     bench.add_argument(
-        "--releases", type=_bench_releases, default=DEFAULT_RELEASES, metavar="KS[:STAGE],...",
+        "--releases", type=_bench_releases, default=None, metavar="KS[:STAGE],...",
         help="the releases to run, in this order, in one session (the first also warms the JVM); e.g. ks4 or "
         "ks4:unvalidated,ks2:validated; default ks2,ks4 (each unvalidated, then validated)",
     )
-    bench.add_argument("--cva", action="store_true", help="benchmark the CVA engine instead: KS4 design, gather and REML fit")
+    bench.add_argument("--cva", action="store_true", help="benchmark the CVA engine instead: KS4 design, gather and REML fit (not with --releases)")
     bench.add_argument("--statsmodels", action="store_true", help="with --cva: also time statsmodels MixedLM on the same data")
     bench.set_defaults(handler=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        check_bench_options(parser, args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)

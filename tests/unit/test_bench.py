@@ -7,7 +7,7 @@ import pytest
 
 from valueadded import bench
 from valueadded.bench import busy_cpu_seconds, cpu_line, jvm_work_seconds
-from valueadded.cli import build_parser
+from valueadded.cli import build_parser, main
 
 
 @pytest.mark.parametrize(
@@ -72,4 +72,17 @@ def test_a_release_list_the_benchmark_cannot_run_is_refused_with_the_reason(text
         bench.parse_releases(text)
     with pytest.raises(SystemExit) as exit_:  # the command line: argparse's usage error, exit 2
         build_parser().parse_args(["bench", "--releases", text])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--cva", "--releases", "ks4"], "--cva runs the CVA engine alone"),
+        (["bench", "--statsmodels"], "--statsmodels times statsmodels beside the CVA engine: it needs --cva"),
+    ],
+)
+def test_options_of_the_other_benchmark_are_refused_not_ignored(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
