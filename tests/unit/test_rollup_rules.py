@@ -10,6 +10,7 @@ and 6 pupils (and secondary suppression), identification at the 10% / 20% bounda
 from __future__ import annotations
 
 import csv
+import math
 import dataclasses
 import datetime as dt
 from pathlib import Path
@@ -175,6 +176,41 @@ def test_higher_level_sums_equal_each_levels_own_sums_of_its_schools_cells(spark
     pd.testing.assert_frame_equal(got[key + ["schools", "n"]], expected[key + ["schools", "n"]], check_dtype=False)
     for column in ("weighted_pupils", "weighted_sq_pupils", "weighted_sum", "value_sum_sq"):
         np.testing.assert_allclose(got[column].astype(float), expected[column].astype(float), rtol=1e-12, err_msg=column)
+
+
+def test_the_nations_and_regions_sums_do_not_depend_on_how_schools_are_grouped_below_them(spark):
+    """The nation's sums are the one exact sum of its cells, bit for bit, however the
+    schools fall into authorities and regions and in any row order or partitioning. The
+    values are ~2^20 with bits down to 2^-32: their sums need more than a double's 53 bits,
+    so any sum that rounds as it goes shows (Spark's own sum fails this test)."""
+    import random
+
+    rng = random.Random(11)
+    cells = [(f"S{i:02d}", "all", "all", "m1", rng.randint(1, 40), rng.randint(-2**52, 2**52) * 2.0**-32,
+              rng.randint(1, 2**52) * 2.0**-32) for i in range(60)]
+    groupings = {
+        "six authorities, one split over two regions": lambda i: (f"L{i % 6}", "R1" if i % 6 < 3 else f"R{2 + i % 2}"),
+        "one authority": lambda i: ("L0", "R1"),
+        "an authority per school": lambda i: (f"L{i}", f"R{i % 5}"),
+    }
+    schema = ("school_id string, subgroup string, subgroup_value string, measure string, n int, value_sum double, "
+              "value_sum_sq double, la_code string, region_code string, trust_id string, trust_weight double")
+    columns = ["schools", "n", "weighted_pupils", "weighted_sq_pupils", "weighted_sum", "value_sum_sq"]
+    nationals = {}
+    for name, place in groupings.items():
+        for order in ("as listed", "reversed, eight partitions"):
+            rows = [(*cell, *place(i), None, None) for i, cell in enumerate(cells)]
+            frame = spark.createDataFrame(rows[::-1] if order != "as listed" else rows, schema)
+            if order != "as listed":
+                frame = frame.repartition(8)
+            national = aggregate.higher_level_sums(frame).where(F.col("level") == aggregate.NATIONAL).collect()
+            assert len(national) == 1
+            nationals[(name, order)] = tuple(national[0][c] for c in columns)
+    assert len(set(nationals.values())) == 1, nationals
+    # And it is the exact sum (rounded once: the top part of these values is not 0, so within an ulp).
+    exact = math.fsum(cell[5] for cell in cells)
+    got = next(iter(nationals.values()))[columns.index("weighted_sum")]
+    assert abs(got - exact) <= math.ulp(exact)
 
 
 def test_school_cells_per_subgroup_value_and_only_for_the_configured_measures(spark):
