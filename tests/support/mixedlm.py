@@ -15,14 +15,14 @@ import numpy as np
 from statsmodels.regression.mixed_linear_model import MixedLMParams
 
 
-def reference_reml(model):
+def reference_reml(model, gtol=1e-10):
     """statsmodels' REML fit of `model` (a MixedLM), from cov_re = 0.1, asserted converged."""
     k_fe = model.exog.shape[1]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = model.fit(
             reml=True,
-            gtol=1e-10,
+            gtol=gtol,
             start_params=MixedLMParams.from_components(fe_params=np.zeros(k_fe), cov_re=np.array([[0.1]])),
         )
     assert result.converged

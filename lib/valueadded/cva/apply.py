@@ -35,6 +35,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from valueadded import sums
 from valueadded.cva.design import OUTCOME, design_column
 from valueadded.cva.spec import STAGES
 from valueadded.measures.prior_attainment import code_points
@@ -244,7 +245,7 @@ def shrunken_school_scores(
     shrinkage = F.lit(s2b) / (F.lit(s2b) + F.lit(s2e) / n) if s2b > 0 else F.lit(0.0)
     half_width = F.lit(z) * F.sqrt(F.lit(s2b * s2e) / (F.lit(s2e) + n * F.lit(s2b)))
     by_school = predicted.groupBy(group).agg(
-        F.count(F.lit(1)).cast("int").alias("n"), F.avg(RESIDUAL).alias("mean_residual")
+        F.count(F.lit(1)).cast("int").alias("n"), sums.exact_mean(F.col(RESIDUAL)).alias("mean_residual")
     )
     return (
         by_school.withColumn("shrinkage", shrinkage)

@@ -38,6 +38,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from valueadded import sums
 from valueadded.config import ConfigError
 from valueadded.cva.spec import ModelSpec, OutcomeSpec, PriorSpec
 from valueadded.io.schemas import A8_SLOT_COLUMNS
@@ -176,6 +177,18 @@ def term_expressions(spec: ModelSpec) -> dict[str, Column]:
     return {t: terms[t] for t in spec.term_names if t != "intercept"}
 
 
+def _school_mean_and_sd(value: Column) -> list[Column]:
+    """The mean and population SD of a school's values, the same whatever the order its
+    pupils are added in (valueadded.sums): from the exact sums of the values and of their
+    squares, SD = sqrt((sum x^2 - mean x sum x) / n), and 0 when the values are all equal."""
+    n = F.count(value).cast("double")
+    total, squares = sums.exact_sum(value), sums.exact_sum(value * value)
+    mean = F.when(n > 0, total / n)
+    variance = F.when(n > 0, (squares - total * mean) / n)
+    sd = F.when(F.min(value) == F.max(value), F.lit(0.0)).when(n > 0, F.sqrt(F.greatest(variance, F.lit(0.0))))
+    return [mean.alias(_SCHOOL_MEAN), sd.alias(_SCHOOL_SD)]
+
+
 def with_design(frame: DataFrame, spec: ModelSpec, group: str = "school_id", school_rows: DataFrame | None = None) -> DataFrame:
     """Add one ``cva_x_<term>`` double column per non-intercept term of the spec.
 
@@ -184,9 +197,7 @@ def with_design(frame: DataFrame, spec: ModelSpec, group: str = "school_id", sch
     own rows, which is right when the frame holds exactly the model's pupils.
     """
     if spec.school_terms:
-        school = (frame if school_rows is None else school_rows).groupBy(group).agg(
-            F.avg(PRIOR_APS).alias(_SCHOOL_MEAN), F.stddev_pop(PRIOR_APS).alias(_SCHOOL_SD)
-        )
+        school = (frame if school_rows is None else school_rows).groupBy(group).agg(*_school_mean_and_sd(F.col(PRIOR_APS)))
         frame = frame.join(F.broadcast(school), on=group, how="left")
     design = frame.withColumns({design_column(t): e for t, e in term_expressions(spec).items()})
     return design.drop(_SCHOOL_MEAN, _SCHOOL_SD)

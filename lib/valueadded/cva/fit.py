@@ -8,16 +8,25 @@ The data are read once. One ``mapInArrow`` pass over the partitions turns each A
 batch (the row's values travel as one list column) into the float64 matrix
 ``W = [1, x_1 .. x_q, y]`` and accumulates, per partition,
 
-* ``W'W`` with numpy (it holds ``N``, ``X'X``, ``X'y`` and ``y'y``);
+* ``W'W`` (it holds ``N``, ``X'X``, ``X'y`` and ``y'y``);
 * per group: ``n_j``, the column sums ``s_j`` and ``t_j = sum y`` (sorted segment sums);
-* the number of null or non-finite values per column;
+* the number of null or non-finite values per column, and of values too large to sum;
 
-and emits them as a few rows per partition (one row per group, ``q + 2`` rows of
-``W'W``, one row of null counts). The driver adds the partitions' rows up and hands the
+and emits them as a few rows per partition (one row per group, the rows of ``W'W``, a
+row of each count). The driver adds the partitions' rows up and hands the
 result to :func:`valueadded.cva.reml.fit_reml`, which needs nothing per pupil. No pupil
 row reaches the driver and no per-group Python call is made (``mapInArrow`` rather than
 ``mapInPandas``: the batches go straight to numpy), so the cost is one scan plus the
 Arrow hand-over, whatever the number of schools.
+
+Every sum is exact, so the statistics, and the fit, are the same to the last bit
+whatever the partitioning or row order (SPEC 4). Each value is put on the grid of
+valueadded.sums (whole units of 2^-50: a value of 4 or more keeps every bit, a smaller
+one moves by at most 4.4e-16) and its units split into five parts of at most 2^17
+(`grid_parts`); products of parts are summed exactly by BLAS in blocks and as whole
+numbers after that. ``W'W`` is then the exact sum of the rows' products, rounded once;
+the group sums are their parts' exact sums added in a fixed order. Values must be under
+2^39 (5e11) in size, and a fit under 2^29 rows.
 
 Rows with a null (or NaN or infinite) outcome, term or group are an error naming the
 columns and counts: the caller decides who is in the model, this module never drops rows.
@@ -41,6 +50,7 @@ from pyspark.sql import types as T
 from threadpoolctl import threadpool_limits
 
 from valueadded.cva.reml import DEFAULT_MIN_GROUPS, RemlResult, SufficientStatistics, fit_reml
+from valueadded.sums import UNIT_BITS
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +65,16 @@ ARROW_BATCH_ROWS = 100_000
 _BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 # Kinds of row the partition pass emits.
-_GROUP_ROW, _CROSS_ROW, _NULL_ROW = 0, 1, 2
+_GROUP_ROW, _CROSS_ROW, _NULL_ROW, _RANGE_ROW = 0, 1, 2, 3
+
+# The sums are exact (see _partition_sums): each value is put on valueadded.sums' grid
+# (whole units of 2^-50) and its units held in GRID_PARTS parts of GRID_PART_BITS bits.
+GRID_PART_BITS = 18
+GRID_PARTS = 5
+GRID_LIMIT = 2.0**39  # values must be smaller in size: 2^39 x 2^50 units fit in the five parts
+WHOLE_LIMIT = 2.0 ** (GRID_PART_BITS - 1 - (UNIT_BITS - 2 * GRID_PART_BITS))  # 8: one part, value x 2^14
+CHUNK_ROWS = 2**15  # rows per exact block product (at most 2^19: sums of products under 2^53)
+MAX_ROWS = 2**29  # rows whose products' parts still add up in int64 (each at most 2^34)
 
 
 class NoRowsError(ValueError):
@@ -145,18 +164,75 @@ def _check_columns(df: DataFrame, outcome: str, terms: Sequence[str], group: str
         raise TypeError(f"group column {group!r} must be a string or integer column, is {types[group].simpleString()}")
 
 
+def grid_parts(values: np.ndarray) -> np.ndarray:
+    """Each value's whole units of 2^-50 (valueadded.sums' grid) as `GRID_PARTS` signed parts.
+
+    ``values`` is (rows, columns); the result is (rows, GRID_PARTS x columns), column
+    ``k x columns + c`` holding part k of column c, with
+    ``round(value x 2^50) = sum_k part_k x 2^(18 k)`` and every |part| at most 2^17.
+    Every step is exact in doubles (scaling by a power of two, rounding to a whole number
+    and taking that off) except the last rounding, which drops what is below half a unit:
+    a value of 4 or more in size keeps every bit. Values must be under 2^39 in size.
+    """
+    rows, columns = values.shape
+    parts = np.empty((rows, GRID_PARTS, columns))
+    scaled = values * 2.0 ** (UNIT_BITS - GRID_PART_BITS * (GRID_PARTS - 1))
+    for k in range(GRID_PARTS - 1, -1, -1):
+        part = parts[:, k, :]
+        np.rint(scaled, out=part)
+        if k:
+            np.subtract(scaled, part, out=scaled)
+            scaled *= 2.0**GRID_PART_BITS
+    return parts.reshape(rows, GRID_PARTS * columns)
+
+
+def _chunk_parts(design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' `grid_parts`, only the part columns that are not zero throughout.
+
+    Returns (block, used): block[:, i] is part column used[i] (k x columns + c). A column
+    of whole numbers of at most 8 in size (the intercept, indicators) has one part, its
+    value x 2^14 (units of 2^-50 in part 2, worth 2^36; at most 2^17): computed as that,
+    not in five steps.
+    """
+    columns = design.shape[1]
+    whole = np.all(design == np.rint(design), axis=0) & (np.abs(design).max(axis=0) <= WHOLE_LIMIT)
+    other = np.flatnonzero(~whole)
+    blocks, used = [], []
+    if whole.any():
+        whole_columns = np.flatnonzero(whole)
+        blocks.append(design[:, whole_columns] * 2.0 ** (UNIT_BITS - 2 * GRID_PART_BITS))
+        used.append(2 * columns + whole_columns)
+    if other.size:
+        parts = grid_parts(design[:, other])
+        nonzero = np.flatnonzero(parts.any(axis=0))
+        blocks.append(parts[:, nonzero])
+        k, position = np.divmod(nonzero, other.size)
+        used.append(k * columns + other[position])
+    return np.hstack(blocks), np.concatenate(used)
+
+
 def _partition_sums(width: int):
-    """The mapInArrow function: per-partition sufficient statistics of W = [1, x, y].
+    """The mapInArrow function: per-partition sufficient statistics of W = [1, x, y],
+    exactly, as whole numbers of grid parts (`grid_parts`).
 
     Input batches have a string column ``g`` (the group) and a list column ``v`` holding
-    each row's ``width - 1`` values (the terms, then the outcome). Output: one row per
-    group (kind 0: n and the column sums of W), ``width`` rows of W'W (kind 1, row
-    ``index``), one row of null or non-finite counts (kind 2: group column, terms, outcome).
+    each row's ``width - 1`` values (the terms, then the outcome). Output rows (columns
+    ``v0`` .. of int64, GRID_PARTS x width of them): one per group (kind 0: the sums of
+    each part column; n is the intercept's), GRID_PARTS x width rows of P'P, P the rows'
+    parts (kind 1, row ``index``), one row of null or non-finite counts and one of values
+    out of the grid's range (kinds 2 and 3: group column, terms, outcome).
+
+    Products of parts are at most 2^34 and a block of CHUNK_ROWS rows adds at most 2^18 of
+    them, so BLAS forms every sum of a block exactly (whole numbers under 2^53), in
+    whatever order it adds; blocks, batches and groups are then added as int64. Nothing
+    depends on how the rows were partitioned or ordered.
     """
+    parts_width = GRID_PARTS * width
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        cross = np.zeros((width, width))
-        nulls = np.zeros(width)
+        cross = np.zeros((parts_width, parts_width), dtype=np.int64)
+        nulls = np.zeros(width, dtype=np.int64)
+        outside = np.zeros(width, dtype=np.int64)
         labels, sums = [], []
         seen = False
         for batch in batches:
@@ -168,24 +244,32 @@ def _partition_sums(width: int):
             values = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(rows, width - 1)
             finite = np.isfinite(values)
             group_missing = groups.is_null().to_numpy(zero_copy_only=False)
-            if not finite.all() or group_missing.any():
+            in_range = np.abs(np.where(finite, values, 0.0)) < GRID_LIMIT
+            if not finite.all() or group_missing.any() or not in_range.all():
                 nulls[0] += group_missing.sum()
                 nulls[1:] += (~finite).sum(axis=0)
-                keep = finite.all(axis=1) & ~group_missing
+                outside[1:] += (~in_range).sum(axis=0)
+                keep = finite.all(axis=1) & in_range.all(axis=1) & ~group_missing
                 values, groups = values[keep], groups.filter(pa.array(keep))
             if values.shape[0] == 0:
                 continue
-            design = np.empty((values.shape[0], width))
-            design[:, 0] = 1.0
-            design[:, 1:] = values
-            cross += design.T @ design
             encoded = pc.dictionary_encode(groups)
             codes = encoded.indices.to_numpy(zero_copy_only=False)
-            order = np.argsort(codes, kind="stable")
-            ordered = codes[order]
-            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-            sums.append(np.add.reduceat(design[order], starts, axis=0))
-            labels.append(encoded.dictionary.take(pa.array(ordered[starts])).to_numpy(zero_copy_only=False))
+            for start in range(0, values.shape[0], CHUNK_ROWS):
+                # The chunk's rows in group order (W'W does not depend on it), as parts.
+                chunk_codes = codes[start : start + CHUNK_ROWS]
+                order = np.argsort(chunk_codes, kind="stable")
+                ordered = chunk_codes[order]
+                design = np.empty((order.size, width))
+                design[:, 0] = 1.0
+                design[:, 1:] = values[start : start + CHUNK_ROWS][order]
+                block, used = _chunk_parts(design)
+                cross[np.ix_(used, used)] += (block.T @ block).astype(np.int64)
+                starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+                group_sums = np.zeros((starts.size, parts_width), dtype=np.int64)
+                group_sums[:, used] = np.add.reduceat(block, starts, axis=0)
+                sums.append(group_sums)
+                labels.append(encoded.dictionary.take(pa.array(ordered[starts])).to_numpy(zero_copy_only=False))
         if not seen:
             return
         kinds, names, index, blocks = [], [], [], []
@@ -194,19 +278,43 @@ def _partition_sums(width: int):
             kinds.append(np.full(len(by_group), _GROUP_ROW))
             names.append(by_group.index.to_numpy(dtype=object))
             index.append(np.zeros(len(by_group), dtype=np.int64))
-            blocks.append(by_group.to_numpy())
-        kinds += [np.full(width, _CROSS_ROW), np.array([_NULL_ROW])]
-        names += [np.full(width, None, dtype=object), np.array([None], dtype=object)]
-        index += [np.arange(width, dtype=np.int64), np.zeros(1, dtype=np.int64)]
-        blocks += [cross, nulls[None, :]]
+            blocks.append(by_group.to_numpy(dtype=np.int64))
+        kinds += [np.full(parts_width, _CROSS_ROW), np.array([_NULL_ROW, _RANGE_ROW])]
+        names += [np.full(parts_width, None, dtype=object), np.array([None, None], dtype=object)]
+        index += [np.arange(parts_width, dtype=np.int64), np.zeros(2, dtype=np.int64)]
+        counts = np.zeros((2, parts_width), dtype=np.int64)
+        counts[0, :width], counts[1, :width] = nulls, outside
+        blocks += [cross, counts]
         block = np.vstack(blocks)
         yield pa.RecordBatch.from_arrays(
             [pa.array(np.concatenate(kinds), pa.int32()), pa.array(np.concatenate(names), pa.string()),
-             pa.array(np.concatenate(index), pa.int64()), *[pa.array(block[:, k]) for k in range(width)]],
-            names=["kind", "group", "index", *[f"v{k}" for k in range(width)]],
+             pa.array(np.concatenate(index), pa.int64()), *[pa.array(block[:, k]) for k in range(parts_width)]],
+            names=["kind", "group", "index", *[f"v{k}" for k in range(parts_width)]],
         )
 
     return run
+
+
+def _exact_cross(parts_cross: np.ndarray, width: int) -> np.ndarray:
+    """W'W from the partitions' summed P'P: the exact sum of the products of the rows'
+    grid values, rounded once to the nearest double (Python's int division)."""
+    weights = [1 << (GRID_PART_BITS * k) for k in range(GRID_PARTS)]
+    exact = np.zeros((width, width), dtype=object)
+    blocks = parts_cross.astype(object)
+    for k in range(GRID_PARTS):
+        for m in range(GRID_PARTS):
+            exact += blocks[k * width : (k + 1) * width, m * width : (m + 1) * width] * (weights[k] * weights[m])
+    scale = 1 << (2 * UNIT_BITS)
+    return np.array([[value / scale for value in row] for row in exact], dtype=np.float64)
+
+
+def _grid_sums(part_sums: np.ndarray, width: int) -> np.ndarray:
+    """Sums from their parts' sums (groups x GRID_PARTS x width int64), as doubles: each
+    part's term is exact, and they are added smallest first, always in that order."""
+    total = np.zeros((part_sums.shape[0], width))
+    for k in range(GRID_PARTS):
+        total = total + part_sums[:, k * width : (k + 1) * width].astype(np.float64) * 2.0 ** (GRID_PART_BITS * k - UNIT_BITS)
+    return total
 
 
 @contextmanager
@@ -259,32 +367,44 @@ def gather_statistics(
         F.col(group).cast("string").alias("g"),
         F.array(*[F.col(c).cast("double") for c in [*terms, outcome]]).alias("v"),
     )
+    parts_width = GRID_PARTS * width
     out_schema = T.StructType(
         [T.StructField("kind", T.IntegerType()), T.StructField("group", T.StringType()), T.StructField("index", T.LongType())]
-        + [T.StructField(f"v{k}", T.DoubleType()) for k in range(width)]
+        + [T.StructField(f"v{k}", T.LongType()) for k in range(parts_width)]
     )
     with _arrow_batch_rows(df.sparkSession, ARROW_BATCH_ROWS):
         parts = selected.mapInArrow(_partition_sums(width), schema=out_schema).toPandas()
-    values = [f"v{k}" for k in range(width)]
+    values = [f"v{k}" for k in range(parts_width)]
+    labels = [f"group column {group!r}", *terms, f"outcome {outcome!r}"]
 
-    null_counts = parts.loc[parts.kind == _NULL_ROW, values].to_numpy().sum(axis=0)
+    null_counts = parts.loc[parts.kind == _NULL_ROW, values[:width]].to_numpy().sum(axis=0)
     if np.any(null_counts > 0):
-        labels = [f"group column {group!r}", *terms, f"outcome {outcome!r}"]
         counts = {label: int(c) for label, c in zip(labels, null_counts) if c > 0}
         raise MissingValuesError(
             "rows with null or non-finite values (filter them before fitting; nothing is dropped): "
             + ", ".join(f"{label}: {n} row(s)" for label, n in counts.items()),
             counts,
         )
+    range_counts = parts.loc[parts.kind == _RANGE_ROW, values[:width]].to_numpy().sum(axis=0)
+    if np.any(range_counts > 0):
+        raise ValueError(
+            f"values of {GRID_LIMIT:.0f} (2^39) or more in size, beyond what the exact sums hold: "
+            + ", ".join(f"{label}: {int(c)} row(s)" for label, c in zip(labels, range_counts) if c > 0)
+        )
     cross_rows = parts[parts.kind == _CROSS_ROW]
     if cross_rows.empty:
         raise NoRowsError("no rows to fit")
-    cross = cross_rows.groupby("index", sort=True)[values].sum().to_numpy()
-    if cross.shape != (width, width) or cross[0, 0] == 0:
+    parts_cross = cross_rows.groupby("index", sort=True)[values].sum().to_numpy()
+    if parts_cross.shape != (parts_width, parts_width):
         raise NoRowsError("no rows to fit")
-    by_group = parts[parts.kind == _GROUP_ROW].groupby("group", sort=True)[values].sum()
-    sums = by_group.to_numpy()
+    cross = _exact_cross(parts_cross, width)
+    if cross[0, 0] == 0:
+        raise NoRowsError("no rows to fit")
     n_total = int(round(cross[0, 0]))
+    if n_total >= MAX_ROWS:
+        raise ValueError(f"{n_total} rows: the exact sums hold fewer than {MAX_ROWS} (2^29)")
+    by_group = parts[parts.kind == _GROUP_ROW].groupby("group", sort=True)[values].sum()
+    sums = _grid_sums(by_group.to_numpy(dtype=np.int64), width)
     return SufficientStatistics(
         term_names=(INTERCEPT, *names),
         n_total=n_total,
