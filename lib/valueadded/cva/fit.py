@@ -73,7 +73,7 @@ GRID_PART_BITS = 18
 GRID_PARTS = 5
 GRID_LIMIT = 2.0**39  # values must be smaller in size: 2^39 x 2^50 units fit in the five parts
 WHOLE_LIMIT = 2.0 ** (GRID_PART_BITS - 1 - (UNIT_BITS - 2 * GRID_PART_BITS))  # 8: one part, value x 2^14
-CHUNK_ROWS = 2**15  # rows per exact block product (at most 2^19: sums of products under 2^53)
+CHUNK_ROWS = 2**15  # rows per exact block product (at most 2^19 keeps its sums under 2^53)
 MAX_ROWS = 2**29  # rows whose products' parts still add up in int64 (each at most 2^34)
 
 
@@ -222,10 +222,10 @@ def _partition_sums(width: int):
     parts (kind 1, row ``index``), one row of null or non-finite counts and one of values
     out of the grid's range (kinds 2 and 3: group column, terms, outcome).
 
-    Products of parts are at most 2^34 and a block of CHUNK_ROWS rows adds at most 2^18 of
-    them, so BLAS forms every sum of a block exactly (whole numbers under 2^53), in
-    whatever order it adds; blocks, batches and groups are then added as int64. Nothing
-    depends on how the rows were partitioned or ordered.
+    Products of parts are at most 2^34 and a block of CHUNK_ROWS (2^15) rows adds that
+    many of them, so BLAS forms every sum of a block exactly (whole numbers under 2^49,
+    well under 2^53), in whatever order it adds; blocks, batches and groups are then added
+    as int64. Nothing depends on how the rows were partitioned or ordered.
     """
     parts_width = GRID_PARTS * width
 
