@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from support.mixedlm import max_rel_diff, reference_reml
 from valueadded.cva import MissingValuesError, fit_random_intercept
 from valueadded.cva.design import with_design, with_prior_and_outcome
-from valueadded.cva.fit import _chunk_parts, gather_statistics, grid_parts
+from valueadded.cva.fit import _chunk_parts, _grid_sums, gather_statistics, grid_parts
 from valueadded.cva.reml import SingularDesignError, TooFewGroupsError
 from valueadded.cva.spec import load_model_spec
 from valueadded.cva.stage import BOUNDARY_NOTE, fit_model, model_rows
@@ -170,7 +170,7 @@ def test_the_statistics_are_the_exact_sums_rounded_once(order_sensitive):
     expected = np.array([[float(_exact(w[a] * w[b])) for b in names] for a in names])
     got = np.block([[stats.xtx, stats.xty[:, None]], [stats.xty[None, :], np.array([[stats.yty]])]])
     np.testing.assert_array_equal(got, expected)
-    # Group sums: within a unit in the last place of the exact sums (added in a fixed order).
+    # Group sums: the exact sums rounded, here (in general within a unit in the last place).
     by_group = {g: rows for g, rows in w.groupby(data.school_id)}
     for i, group in enumerate(stats.group_ids):
         rows = by_group[group]
@@ -221,6 +221,21 @@ def test_the_parts_summed_are_each_value_in_units_and_small_enough_to_add_exactl
     assert sorted(int(p) % columns for p in used).count(0) == 1
     assert sorted(int(p) % columns for p in used).count(1) == 1
     assert sorted(int(p) % columns for p in used).count(2) == 1
+
+
+def test_group_sums_from_their_parts_are_within_a_unit_in_the_last_place_where_values_cancel():
+    rng = np.random.default_rng(5)
+    groups = []
+    for _ in range(2_000):
+        values = rng.normal(0, 1, rng.integers(2, 40)) * 10.0 ** rng.integers(-2, 4)
+        groups.append(values - values.mean())  # sums near 0: the parts' terms cancel
+    groups.append(np.array([135.998, -136.00191, 4.987]))  # added plainly, 2 units off
+    part_sums = np.array([grid_parts(values[:, None]).sum(axis=0) for values in groups]).astype(np.int64)
+    got = _grid_sums(part_sums, 1)[:, 0]
+    for i, parts in enumerate(part_sums):
+        exact = Fraction(sum(int(parts[k]) << (18 * k) for k in range(5)), 2**50)
+        assert abs(Fraction(got[i]) - exact) <= Fraction(np.spacing(abs(float(exact))))
+    assert got[-1] == 4.983089999999981
 
 
 def test_grid_parts_hold_each_value_in_units_of_2_to_the_minus_50():
