@@ -4,9 +4,10 @@
 both data stages (or the releases `--releases` lists, in its order), and prints wall
 seconds per stage, pupils per second, and the peak memory of the Python driver and of
 the Spark JVM. For a local session it also prints, per release, the CPU seconds the
-machine spent busy, and of the JVM's own work the seconds its JIT compiler took and the
-garbage collector paused: on a 2-core machine a release is CPU-bound, and these say how
-much of it is not the data. It never asserts a time.
+machine spent busy, the CPU seconds of Spark's tasks (the work on the data), and of the
+JVM's own work the seconds its JIT compiler took and the garbage collector paused: on a
+2-core machine a release is CPU-bound, and these say how much of it is not the data. It
+never asserts a time.
 
 `valueadded bench --cva` measures the CVA engine alone on the KS4 cohort with the full
 KS2-4 specification (conf/models/ks4_mainstream.yaml): building the design in Spark, the
@@ -73,11 +74,50 @@ def jvm_work_seconds(spark) -> tuple[float, float] | None:
     return compiled, collected
 
 
-def cpu_line(busy: float | None, jvm: tuple[float, float] | None, seconds: float, cores: int) -> str:
+def last_stage_id(spark) -> int | None:
+    """The highest stage id the session's status store keeps (-1: none yet; None: no store)."""
+    stages = _stage_list(spark)
+    if stages is None:
+        return None
+    return max((stages.apply(i).stageId() for i in range(stages.size())), default=-1)
+
+
+def task_cpu_seconds(spark, after_stage: int | None) -> float | None:
+    """CPU seconds Spark's tasks spent in the stages after `after_stage` (executors' own
+    figure: the work on the data, not compiling, collecting garbage or planning).
+
+    The status store keeps the last 1,000 stages (`spark.ui.retainedStages`); a national
+    release runs about 230.
+    """
+    stages = None if after_stage is None else _stage_list(spark)
+    if stages is None:
+        return None
+    total = 0
+    for i in range(stages.size()):
+        stage = stages.apply(i)
+        if stage.stageId() > after_stage:
+            total += stage.executorCpuTime()
+    return total / 1e9
+
+
+def _stage_list(spark):
+    """The stages of the session's status store (a Scala Seq), or None where it cannot be read."""
+    try:
+        context = spark.sparkContext
+        no_quantiles = context._gateway.new_array(context._jvm.double, 0)  # noqa: SLF001
+        # Spark 4's AppStatusStore.stageList(statuses, details, withSummaries, quantiles, taskStatuses).
+        return context._jsc.sc().statusStore().stageList(None, False, False, no_quantiles, None)  # noqa: SLF001
+    except Exception:  # another Spark version or a remote session: no figure
+        return None
+
+
+def cpu_line(busy: float | None, jvm: tuple[float, float] | None, seconds: float, cores: int, tasks: float | None = None) -> str:
     """The benchmark's CPU line for one release ('' without a figure)."""
     if busy is None:
         return ""
     line = f"CPU busy {busy:.0f} s ({busy / seconds:.2f} of {cores} cores)"
+    if tasks is not None:
+        line += f"; Spark's tasks {tasks:.0f} s"
     if jvm is not None:
         line += f"; the JVM compiling its code (JIT) {jvm[0]:.0f} s, paused for garbage collection {jvm[1]:.1f} s"
     return line
@@ -143,16 +183,18 @@ def run_benchmark(
 
     rows = []
     for key_stage, data_stage in releases:
-        busy, jvm = _machine_busy_seconds(), jvm_work_seconds(spark)
+        busy, jvm, stage = _machine_busy_seconds(), jvm_work_seconds(spark), last_stage_id(spark)
         started = time.perf_counter()
         record = run_release(spark, config, input_dir, output_dir, year, key_stage, data_stage, "bench", pseudonym_key)
         seconds = time.perf_counter() - started
         busy_after, jvm_after = _machine_busy_seconds(), jvm_work_seconds(spark)
+        tasks = task_cpu_seconds(spark, stage)
         pupils = record.row_counts["inputs"]["pupils"]["rows_in_scope"]
         rows.append({
             "key_stage": key_stage, "data_stage": data_stage, "pupils": pupils, "seconds": seconds, "stages": record.stage_timings,
             "busy_cpu_seconds": None if busy is None or busy_after is None else busy_after - busy,
             "jvm_seconds": None if jvm is None or jvm_after is None else (jvm_after[0] - jvm[0], jvm_after[1] - jvm[1]),
+            "task_cpu_seconds": tasks,
         })
 
     counts = manifest.get("row_counts", {})
@@ -167,7 +209,7 @@ def run_benchmark(
             f"  release {row['key_stage']} {row['data_stage']:<11}: {row['seconds']:6.1f} s  "
             f"(without the CVA stage {without_cva:5.1f} s)  {row['pupils'] / row['seconds']:>9,.0f} pupils/s  [{stages}]"
         )
-        cpu = cpu_line(row["busy_cpu_seconds"], row["jvm_seconds"], row["seconds"], cores)
+        cpu = cpu_line(row["busy_cpu_seconds"], row["jvm_seconds"], row["seconds"], cores, row["task_cpu_seconds"])
         if cpu:
             print(f"      {cpu}")
     jvm_peak = _jvm_peak_mib(spark)

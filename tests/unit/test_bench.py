@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from valueadded import bench
-from valueadded.bench import busy_cpu_seconds, cpu_line, jvm_work_seconds
+from valueadded.bench import busy_cpu_seconds, cpu_line, jvm_work_seconds, last_stage_id, task_cpu_seconds
 from valueadded.cli import build_parser, main
 
 
@@ -29,6 +29,23 @@ def test_cpu_line_says_what_it_has():
     assert cpu_line(15.0, (6.4, 0.84), 10.0, 2) == (
         "CPU busy 15 s (1.50 of 2 cores); the JVM compiling its code (JIT) 6 s, paused for garbage collection 0.8 s"
     )
+    assert cpu_line(15.0, (6.4, 0.84), 10.0, 2, 7.6) == (
+        "CPU busy 15 s (1.50 of 2 cores); Spark's tasks 8 s; the JVM compiling its code (JIT) 6 s, "
+        "paused for garbage collection 0.8 s"
+    )
+
+
+def test_task_cpu_seconds_count_the_stages_run_since(spark):
+    before = last_stage_id(spark)
+    assert before is not None and before >= -1
+    assert task_cpu_seconds(spark, before) == 0.0  # nothing run since
+    spark.range(3_000_000).selectExpr("id % 7 as k", "sqrt(id) * 2 as v").groupBy("k").sum("v").collect()
+    after = last_stage_id(spark)
+    assert after > before
+    spent = task_cpu_seconds(spark, before)
+    assert spent > 0
+    assert task_cpu_seconds(spark, after) == 0.0
+    assert task_cpu_seconds(spark, None) is None
 
 
 def test_jvm_work_seconds_of_a_local_session_grow_with_work(spark):
