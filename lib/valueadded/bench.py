@@ -4,7 +4,7 @@
 both data stages (or the releases `--releases` lists, in its order), and prints wall
 seconds per stage, pupils per second, and the peak memory of the Python driver and of
 the Spark JVM. For a local session it also prints, per release, the CPU seconds the
-machine spent busy, the CPU seconds of Spark's tasks (the work on the data), and of the
+machine spent busy, the CPU seconds of Spark's tasks (the JVM's work on the data), and of the
 JVM's own work the seconds its JIT compiler took and the garbage collector paused: on a
 2-core machine a release is CPU-bound, and these say how much of it is not the data. It
 never asserts a time.
@@ -83,8 +83,9 @@ def last_stage_id(spark) -> int | None:
 
 
 def task_cpu_seconds(spark, after_stage: int | None) -> float | None:
-    """CPU seconds Spark's tasks spent in the stages after `after_stage` (executors' own
-    figure: the work on the data, not compiling, collecting garbage or planning).
+    """CPU seconds Spark's tasks spent in the stages after `after_stage` (the executors'
+    own figure: the JVM's work on the data; not compiling, collecting garbage, planning,
+    nor the Python workers of pandas UDFs and mapInArrow).
 
     The status store keeps the last 1,000 stages (`spark.ui.retainedStages`); a national
     release runs about 230.
@@ -104,6 +105,8 @@ def _stage_list(spark):
     """The stages of the session's status store (a Scala Seq), or None where it cannot be read."""
     try:
         context = spark.sparkContext
+        # The store is filled from the listener bus, after the jobs end: wait for it.
+        context._jsc.sc().listenerBus().waitUntilEmpty(10_000)  # noqa: SLF001
         no_quantiles = context._gateway.new_array(context._jvm.double, 0)  # noqa: SLF001
         # Spark 4's AppStatusStore.stageList(statuses, details, withSummaries, quantiles, taskStatuses).
         return context._jsc.sc().statusStore().stageList(None, False, False, no_quantiles, None)  # noqa: SLF001

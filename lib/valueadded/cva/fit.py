@@ -19,15 +19,15 @@ row reaches the driver and no per-group Python call is made (``mapInArrow`` rath
 ``mapInPandas``: the batches go straight to numpy), so the cost is one scan plus the
 Arrow hand-over, whatever the number of schools.
 
-Every sum is exact, so the statistics, and the fit, are the same to the last bit
-whatever the partitioning or row order (SPEC 4). Each value is put on the grid of
+Every sum is of whole numbers, so the statistics, and the fit, are the same to the last
+bit whatever the partitioning or row order (SPEC 4). Each value is put on the grid of
 valueadded.sums (whole units of 2^-50: a value of 4 or more keeps every bit, a smaller
 one moves by at most 4.4e-16) and its units split into five parts of at most 2^17
 (`grid_parts`); products of parts are summed exactly by BLAS in blocks and as whole
 numbers after that. ``W'W`` is then the exact sum of the rows' products, rounded once;
 the group sums are their parts' exact sums added in a fixed order, with compensation
-(the exact sums rounded, in the tests). Values must be under
-2^39 (5e11) in size, and a fit under 2^29 rows.
+(within a unit in the last place of the exact sums in every case tested). Values must be
+under 2^39 (5.5e11) in size, and a fit under 2^29 rows.
 
 Rows with a null (or NaN or infinite) outcome, term or group are an error naming the
 columns and counts: the caller decides who is in the model, this module never drops rows.
@@ -314,9 +314,9 @@ def _grid_sums(part_sums: np.ndarray, width: int) -> np.ndarray:
 
     Each part's term is exact; they are added largest first with Neumaier's compensation,
     always in that order, so the result is the same whatever the rows' order, and close to
-    the exact sum even where the terms cancel: the exact sum rounded in each of 2,000
-    groups of cancelling values tested, where adding the terms smallest first was off by
-    up to 256 units in the last place. Python integers would give the exact sum for
+    the exact sum even where the terms cancel: within a unit in the last place in each of
+    2,000 groups of cancelling values tested (the exact sum rounded, in a check outside the
+    tests), where adding the terms smallest first was off by far more. Python integers would give the exact sum for
     certain but cost about 0.5 s for a KS2 model's 16,500 schools.
     """
     terms = [
