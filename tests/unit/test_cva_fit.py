@@ -170,7 +170,7 @@ def test_the_statistics_are_the_exact_sums_rounded_once(order_sensitive):
     expected = np.array([[float(_exact(w[a] * w[b])) for b in names] for a in names])
     got = np.block([[stats.xtx, stats.xty[:, None]], [stats.xty[None, :], np.array([[stats.yty]])]])
     np.testing.assert_array_equal(got, expected)
-    # Group sums: the exact sums rounded, here (in general within a unit in the last place).
+    # Group sums: within a unit in the last place of the exact sums (added from their parts).
     by_group = {g: rows for g, rows in w.groupby(data.school_id)}
     for i, group in enumerate(stats.group_ids):
         rows = by_group[group]
